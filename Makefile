@@ -1,0 +1,47 @@
+# Two commands: `make run` serves the example bot, `make test` runs everything.
+# Only Python 3.10 (and a package registry) is needed: uv is bootstrapped into .tools/.
+
+PYTHON ?= $(shell command -v python3.10 || command -v python3)
+UV := .tools/bin/uv
+VENV := .venv
+SYNCED := $(VENV)/.synced
+
+.PHONY: run test lint typecheck pytest shell train bench settings clean
+
+run: $(SYNCED)
+	$(VENV)/bin/habla run
+
+test: lint typecheck pytest
+
+lint: $(SYNCED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check runtime channels nlu actions i18n voice commerce bench tests
+
+typecheck: $(SYNCED)
+	$(VENV)/bin/mypy
+
+pytest: $(SYNCED)
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+shell: $(SYNCED)
+	$(VENV)/bin/habla shell
+
+train: $(SYNCED)
+	$(VENV)/bin/habla train
+
+bench: $(SYNCED)
+	$(VENV)/bin/python -m bench.throughput $(BENCH_ARGS)
+
+settings: $(SYNCED)
+	@$(VENV)/bin/habla settings
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.5,<1'
+
+$(SYNCED): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .tools .habla

@@ -1,0 +1,292 @@
+"""Custom actions for the habla example shop bot.
+
+Authors can add their own actions here (or in another module of this
+package): subclass ``rasa_sdk.Action``, return the action's name from
+``name()``, implement ``async def run`` and list the name under ``actions:``
+in domain.yml.
+
+Product and order data come from ``catalog.yml`` at the project root, or from
+the file named by the ``HABLA_CATALOG`` environment variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rasa_sdk import Action, FormValidationAction, Tracker
+from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+logger = logging.getLogger(__name__)
+
+CATALOG_ENV_VAR = "HABLA_CATALOG"
+DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "catalog.yml"
+
+ORDER_NUMBER_RE = re.compile(r"[A-Z]{2}\d{5}")
+# Finds an order number inside a longer message, e.g. "it's ab-12345".
+ORDER_NUMBER_SEARCH_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2}[\s-]?\d{5}(?!\d)")
+
+
+@dataclass(frozen=True)
+class Product:
+    """One product from the catalog."""
+
+    name: str
+    price: float
+    sku: str
+    synonyms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Parsed catalog file: products, sample orders and currency."""
+
+    currency: str
+    products: tuple[Product, ...]
+    orders: dict[str, dict[str, Any]]
+
+    def find_product(self, text: str) -> Product | None:
+        """Find a product by name or synonym (case, spacing and plural 's' ignored)."""
+        wanted = _product_key(text)
+        if not wanted:
+            return None
+        candidates = {wanted, wanted.removesuffix("s")}
+        for product in self.products:
+            for alias in (product.name, *product.synonyms):
+                key = _product_key(alias)
+                if key in candidates:
+                    return product
+        return None
+
+    def find_order(self, order_number: str) -> dict[str, Any] | None:
+        """Return the sample order with this (normalised) number, if any."""
+        return self.orders.get(order_number)
+
+
+def _product_key(text: str) -> str:
+    """Lower-case and keep only letters and digits ("T Shirt" -> "tshirt")."""
+    return re.sub(r"[\W_]+", "", text.casefold())
+
+
+def normalize_order_number(value: str) -> str | None:
+    """Normalise " ab-12 345 " to "AB12345"; None if it isn't an order number."""
+    compact = re.sub(r"[\s-]+", "", value).upper()
+    if ORDER_NUMBER_RE.fullmatch(compact):
+        return compact
+    # from_text mappings hand us the whole message ("my number is AB12345").
+    match = ORDER_NUMBER_SEARCH_RE.search(value)
+    if match:
+        return re.sub(r"[\s-]+", "", match.group()).upper()
+    return None
+
+
+def catalog_path() -> Path:
+    """Return $HABLA_CATALOG, else catalog.yml at the project root."""
+    override = os.environ.get(CATALOG_ENV_VAR)
+    return Path(override).expanduser() if override else DEFAULT_CATALOG_PATH
+
+
+_cache: dict[tuple[str, int], Catalog] = {}
+_cache_lock = threading.Lock()
+
+
+def _parse_catalog(raw: object) -> Catalog:
+    """Build a Catalog from the parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise TypeError("catalog file must contain a mapping at the top level")
+    products = tuple(
+        Product(
+            name=str(item["name"]),
+            price=float(item["price"]),
+            sku=str(item.get("sku", "")),
+            synonyms=tuple(str(s) for s in item.get("synonyms") or ()),
+        )
+        for item in raw.get("products") or ()
+    )
+    orders = {
+        str(number).upper(): dict(details or {})
+        for number, details in (raw.get("orders") or {}).items()
+    }
+    return Catalog(
+        currency=str(raw.get("currency", "EUR")),
+        products=products,
+        orders=orders,
+    )
+
+
+def _load_catalog_sync(path: Path) -> Catalog:
+    """Read and parse the catalog; cached until the file's mtime changes."""
+    key = (str(path), path.stat().st_mtime_ns)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    with path.open(encoding="utf-8") as handle:
+        catalog = _parse_catalog(yaml.safe_load(handle))
+    with _cache_lock:
+        # Drop stale versions of this file, then remember the new one.
+        for old_key in [k for k in _cache if k[0] == key[0]]:
+            del _cache[old_key]
+        _cache[key] = catalog
+    return catalog
+
+
+async def load_catalog() -> Catalog | None:
+    """Load the catalog off the event loop; None (logged) if it can't be read."""
+    path = catalog_path()
+    try:
+        return await asyncio.to_thread(_load_catalog_sync, path)
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        logger.exception("Could not load the catalog from %s", path)
+        return None
+
+
+def _format_price(price: float, currency: str) -> str:
+    """Format a price as "19.90 EUR"."""
+    return f"{price:.2f} {currency}"
+
+
+def _with_article(name: str) -> str:
+    """Prefix "A" or "An" ("A hoodie", "An apron")."""
+    article = "An" if name[:1].casefold() in "aeiou" else "A"
+    return f"{article} {name}"
+
+
+class ActionProductPrice(Action):
+    """Tell the user the price of a product, or offer the product list."""
+
+    def name(self) -> str:
+        """Name used in domain.yml and stories."""
+        return "action_product_price"
+
+    async def run(
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> list[EventType]:
+        """Answer with the price, or with buttons for every product."""
+        catalog = await load_catalog()
+        if catalog is None:
+            dispatcher.utter_message(response="utter_default")
+            return []
+
+        # Prefer the entity in the latest message; the slot covers values set
+        # some other way (e.g. by a button payload or another action).
+        requested = next(tracker.get_latest_entity_values("product"), None)
+        if requested is None:
+            requested = tracker.get_slot("product")
+
+        product = catalog.find_product(str(requested)) if requested else None
+        if product is not None:
+            price = _format_price(product.price, catalog.currency)
+            dispatcher.utter_message(text=f"{_with_article(product.name)} costs {price}.")
+            # Clear the slot so a later "how much is a scarf" (no entity found)
+            # doesn't get this product's price again.
+            return [SlotSet("product", None)]
+
+        intro = (
+            f'Sorry, we don\'t sell "{requested}".' if requested else "Which product do you mean?"
+        )
+        buttons = [
+            {
+                "title": p.name,
+                "payload": "/ask_price" + json.dumps({"product": p.name}, separators=(",", ":")),
+            }
+            for p in catalog.products
+        ]
+        dispatcher.utter_message(text=f"{intro} We have:", buttons=buttons)
+        return [SlotSet("product", None)]
+
+
+class ValidateOrderStatusForm(FormValidationAction):
+    """Validate the slots of order_status_form."""
+
+    def name(self) -> str:
+        """Rasa calls validate_<form name> while the form runs."""
+        return "validate_order_status_form"
+
+    async def validate_order_number(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        """Accept two letters + five digits (spaces/hyphens ignored), upper-cased."""
+        if isinstance(slot_value, list):
+            slot_value = slot_value[-1] if slot_value else None
+        normalized = normalize_order_number(str(slot_value)) if slot_value else None
+        if normalized is None:
+            dispatcher.utter_message(response="utter_invalid_order_number")
+            return {"order_number": None}
+        return {"order_number": normalized}
+
+
+class ActionOrderStatus(Action):
+    """Report the status of the order in the order_number slot."""
+
+    def name(self) -> str:
+        """Name used in domain.yml and rules."""
+        return "action_order_status"
+
+    async def run(
+        self,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> list[EventType]:
+        """Look the order up in the catalog file, then clear the slot."""
+        raw_number = tracker.get_slot("order_number")
+        number = normalize_order_number(str(raw_number)) if raw_number else None
+        if number is None:
+            dispatcher.utter_message(response="utter_ask_order_number")
+            return [SlotSet("order_number", None)]
+
+        catalog = await load_catalog()
+        order = catalog.find_order(number) if catalog is not None else None
+        if order is None:
+            dispatcher.utter_message(
+                text=(
+                    f"Sorry, I couldn't find an order with the number {number}. "
+                    "Would you like to talk to a person?"
+                ),
+                buttons=[
+                    {"title": "Talk to a person", "payload": "/human_handoff"},
+                    {"title": "No, thanks", "payload": "/deny"},
+                ],
+            )
+        else:
+            dispatcher.utter_message(text=_describe_order(number, order))
+        return [SlotSet("order_number", None)]
+
+
+def _describe_order(number: str, order: dict[str, Any]) -> str:
+    """One sentence about an order's status and dates."""
+    status = str(order.get("status", "unknown")).lower()
+    eta = order.get("eta")
+    if status == "shipped":
+        text = f"Order {number} has shipped."
+    elif status == "processing":
+        text = f"Order {number} is being prepared and will ship soon."
+    elif status == "delivered":
+        delivered_on = order.get("delivered_on")
+        when = f" on {delivered_on}" if delivered_on else ""
+        text = f"Order {number} was delivered{when}."
+    elif status == "cancelled":
+        text = f"Order {number} was cancelled."
+    else:
+        text = f"The status of order {number} is: {status}."
+    if eta and status in ("shipped", "processing"):
+        text += f" Expected delivery: {eta}."
+    return text

@@ -1,0 +1,101 @@
+"""The channel seam: a channel turns provider webhooks into inbound messages and
+bot replies into provider messages.
+
+Channels are registered by the name used in webhook paths and settings
+(``/webhooks/<name>/...``), the names Rasa authors know. A channel whose secret is not
+configured still answers its paths, with 403 to every request: fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from aiohttp import web
+
+from runtime.messages import BotReply, Delivery, InboundMessage
+from runtime.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class OutputChannel(ABC):
+    """Sends bot replies back to a user.
+
+    The base renders buttons as numbered text, so a channel only overrides what it
+    can do better (as Rasa's ``OutputChannel`` does).
+    """
+
+    renders_buttons_as_text: ClassVar[bool] = True
+
+    @abstractmethod
+    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+        """Send one reply to the sender of ``msg``; one delivery per provider message."""
+
+    @staticmethod
+    def numbered_text(reply: BotReply) -> str:
+        if not reply.buttons:
+            return reply.text
+        choices = "\n".join(f"{i}. {b.title}" for i, b in enumerate(reply.buttons, 1))
+        return f"{reply.text}\n\n{choices}" if reply.text else choices
+
+
+@dataclass(frozen=True)
+class ChannelServices:
+    """What a channel needs from the runtime, injected (no global lookups)."""
+
+    settings: Settings
+    accept: Callable[[InboundMessage, OutputChannel], Awaitable[bool]]
+    """Record and queue a message for background processing; False if a duplicate."""
+    run_turn: Callable[[InboundMessage, OutputChannel], Awaitable[list[BotReply]]]
+    """Run a turn now and return its replies (for request/response channels)."""
+    delivery_status: Callable[[str, str, str, str], Awaitable[bool]]
+    """Store a provider's delivery status report (id, status, error code, error)."""
+
+
+class InputChannel(ABC):
+    name: ClassVar[str]
+    paths: ClassVar[tuple[str, ...]] = ("webhook",)
+    """Paths under ``/webhooks/<name>/`` the channel answers."""
+    output: OutputChannel | None = None
+    """Where replies go for messages processed in the background (and on resume)."""
+
+    def __init__(self, services: ChannelServices) -> None:
+        self.services = services
+        self.settings = services.settings
+
+    @classmethod
+    def missing_secrets(cls, settings: Settings) -> list[str]:
+        """Environment variables that must be set before the channel accepts requests."""
+        return []
+
+    @abstractmethod
+    def routes(self) -> list[web.RouteDef]:
+        """The channel's aiohttp routes (every path in ``paths``)."""
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @classmethod
+    def url_paths(cls) -> list[str]:
+        return [f"/webhooks/{cls.name}/{p}" for p in cls.paths]
+
+    @classmethod
+    def closed_routes(cls) -> list[web.RouteDef]:
+        async def forbidden(request: web.Request) -> web.Response:
+            return web.Response(status=403, text=f"channel '{cls.name}' is not configured")
+
+        return [web.route("*", path, forbidden) for path in cls.url_paths()]
+
+
+def public_request_url(request: web.Request, public_base: str) -> str:
+    """The URL the provider called, which it signed (behind a proxy: the public one)."""
+    if public_base:
+        return public_base + request.path_qs
+    return str(request.url)

@@ -1,0 +1,258 @@
+"""WhatsApp and SMS through Twilio Programmable Messaging.
+
+``POST /webhooks/twilio/webhook``: an incoming message. The ``X-Twilio-Signature`` is
+checked against the public URL; the message is recorded, acknowledged with empty TwiML
+and its turn runs in the background. ``POST /webhooks/twilio/status``: delivery
+status callbacks for the messages we sent.
+
+Replies go out through the official SDK's ``AsyncTwilioHttpClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from twilio.base import values
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from channels.base import ChannelServices, InputChannel, OutputChannel, public_request_url
+from runtime.messages import BotReply, Delivery, InboundMessage, Location, MediaRef, mask_phone
+from runtime.retry import PermanentError, TransientError, with_retries
+from runtime.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+BODY_LIMIT = 1600  # characters per Twilio message body
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def split_text(text: str, limit: int = BODY_LIMIT) -> list[str]:
+    """Split on word boundaries (newlines first) into parts of at most ``limit``."""
+    parts: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[: limit + 1]
+        cut = window.rfind("\n")
+        if cut < limit // 2:
+            cut = window.rfind(" ")
+        if cut <= 0:
+            cut = limit  # one word longer than the limit: cut it
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def _address(value: str) -> str:
+    """``whatsapp:+14155550100`` or ``+14155550100`` → ``+14155550100``."""
+    return value.split(":", 1)[1] if ":" in value else value
+
+
+def parse_message(form: Mapping[str, str]) -> InboundMessage:
+    """Twilio's incoming-message form → the typed inbound message."""
+    missing = [k for k in ("From", "To") if not form.get(k)]
+    sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
+    if not sid:
+        missing.append("MessageSid")
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    try:
+        num_media = int(form.get("NumMedia") or 0)
+    except ValueError as e:
+        raise BadRequest("NumMedia is not a number") from e
+    media = tuple(
+        MediaRef(url=form[f"MediaUrl{i}"], content_type=form.get(f"MediaContentType{i}", ""))
+        for i in range(num_media)
+        if form.get(f"MediaUrl{i}")
+    )
+    location = None
+    if form.get("Latitude") and form.get("Longitude"):
+        try:
+            location = Location(
+                latitude=float(form["Latitude"]),
+                longitude=float(form["Longitude"]),
+                address=form.get("Address", ""),
+                label=form.get("Label", ""),
+            )
+        except ValueError as e:
+            raise BadRequest("Latitude/Longitude are not numbers") from e
+    sender = _address(form["From"])
+    if form.get("WaId") and not sender.startswith("+"):
+        sender = "+" + form["WaId"]
+    kind = "whatsapp" if form["From"].startswith("whatsapp:") else "sms"
+    return InboundMessage(
+        channel="twilio",
+        conversation_id=sender,
+        message_id=sid or "",
+        text=form.get("ButtonText") or form.get("Body", ""),
+        sender=sender,
+        reply_to=form["From"],
+        reply_from=form["To"],
+        profile_name=form.get("ProfileName", ""),
+        media=media,
+        location=location,
+        button_payload=form.get("ButtonPayload", ""),
+        metadata={"twilio": {"kind": kind, "account_sid": form.get("AccountSid", "")}},
+    )
+
+
+class TwilioOutput(OutputChannel):
+    """Sends through Twilio's Messages API with the SDK's async HTTP client."""
+
+    renders_buttons_as_text = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http: AsyncTwilioHttpClient | None = None
+        self.client: Client | None = None
+        base = settings.public_base
+        self.status_callback = (
+            f"{base}/webhooks/twilio/status" if base and settings.twilio.status_callback else None
+        )
+
+    async def start(self) -> None:
+        # the SDK's session must be created inside the running loop
+        self.http = AsyncTwilioHttpClient(timeout=self.settings.send.timeout_s)
+        self.client = Client(
+            self.settings.twilio.account_sid,
+            self.settings.twilio.auth_token,
+            http_client=self.http,
+        )
+        self.client.api.base_url = self.settings.twilio.api_base.rstrip("/")
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    async def _create(self, **params: Any) -> str:
+        assert self.client is not None, "TwilioOutput.start() was not awaited"
+        try:
+            message = await self.client.messages.create_async(**params)
+        except TwilioRestException as e:
+            reason = f"twilio {e.status} error {e.code}: {e.msg}"
+            if e.status == 429 or e.status >= 500:
+                raise TransientError(reason) from e
+            raise PermanentError(reason) from e
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise TransientError(f"{type(e).__name__}: {e}") from e
+        return str(message.sid)
+
+    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+        parts = split_text(self.numbered_text(reply)) or [""]
+        media = [u for u in (reply.image, reply.attachment) if u]
+        out = []
+        for index, part in enumerate(parts):
+            params: dict[str, Any] = {
+                "to": msg.reply_to,
+                "from_": msg.reply_from,
+                "body": part or values.unset,
+                "media_url": media if media and index == len(parts) - 1 else values.unset,
+                "status_callback": self.status_callback or values.unset,
+            }
+            if params["body"] is values.unset and params["media_url"] is values.unset:
+                continue
+            try:
+                sid, attempts = await with_retries(
+                    functools.partial(self._create, **params),
+                    attempts=self.settings.send.max_attempts,
+                    backoff_s=self.settings.send.backoff_s,
+                )
+                out.append(Delivery(ok=True, provider_id=sid, attempts=attempts))
+            except TransientError as e:
+                out.append(
+                    Delivery(ok=False, error=str(e), attempts=self.settings.send.max_attempts)
+                )
+            except PermanentError as e:
+                out.append(Delivery(ok=False, error=str(e), attempts=1))
+        return out
+
+
+class TwilioChannel(InputChannel):
+    name = "twilio"
+    paths = ("webhook", "status")
+
+    def __init__(self, services: ChannelServices) -> None:
+        super().__init__(services)
+        self.validator = RequestValidator(self.settings.twilio.auth_token)
+        self.sender = TwilioOutput(self.settings)
+        self.output = self.sender
+
+    @classmethod
+    def missing_secrets(cls, settings: Settings) -> list[str]:
+        t = settings.twilio
+        return [
+            n
+            for n, v in (("TWILIO_ACCOUNT_SID", t.account_sid), ("TWILIO_AUTH_TOKEN", t.auth_token))
+            if not v
+        ]
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/webhooks/twilio/webhook", self.receive),
+            web.post("/webhooks/twilio/status", self.status),
+        ]
+
+    async def _verified_form(self, request: web.Request) -> Any:
+        form = await request.post()
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = public_request_url(request, self.settings.public_base)
+        if not signature or not self.validator.validate(url, form, signature):
+            logger.warning(
+                "twilio: rejected a request with a %s signature for %s",
+                "wrong" if signature else "missing",
+                request.path,
+            )
+            raise web.HTTPForbidden(text="invalid signature")
+        return form
+
+    async def receive(self, request: web.Request) -> web.Response:
+        form = await self._verified_form(request)
+        try:
+            msg = parse_message(form)
+        except BadRequest as e:
+            raise web.HTTPBadRequest(text=str(e)) from e
+        if not await self.services.accept(msg, self.sender):
+            logger.info(
+                "twilio: duplicate %s from %s ignored", msg.message_id, mask_phone(msg.sender)
+            )
+        return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+    async def status(self, request: web.Request) -> web.Response:
+        form = await self._verified_form(request)
+        sid, status = form.get("MessageSid"), form.get("MessageStatus")
+        if not sid or not status:
+            raise web.HTTPBadRequest(text="missing field(s): MessageSid, MessageStatus")
+        code = form.get("ErrorCode", "")
+        error = form.get("ErrorMessage", "")
+        known = await self.services.delivery_status(sid, status, code, error)
+        if status in ("failed", "undelivered"):
+            logger.warning(
+                "twilio: message %s %s (error %s) to %s",
+                sid,
+                status,
+                code or "-",
+                mask_phone(form.get("To", "")),
+            )
+        elif not known:
+            logger.debug("twilio: status %s for unknown message %s", status, sid)
+        return web.Response(status=204)

@@ -1,0 +1,122 @@
+"""The dialogue engine seam, and Rasa's ``Agent`` in-process behind it.
+
+The rest of the server only knows :class:`Engine`: hand it an inbound message, get
+the bot's replies. A remote Rasa server could replace :class:`RasaEngine` later
+without touching channels or the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from runtime.messages import BotReply, Button, InboundMessage
+
+logger = logging.getLogger(__name__)
+
+
+class Engine(ABC):
+    @abstractmethod
+    async def load(self) -> None:
+        """Load the model (slow; called once at start-up)."""
+
+    @abstractmethod
+    def bind_tracker_store(self, tracker_store: Any) -> None:
+        """Keep conversation state in this store (Rasa's ``TrackerStore`` interface)."""
+
+    @abstractmethod
+    async def handle(self, msg: InboundMessage) -> list[BotReply]:
+        """Run one user message through NLU, dialogue and actions."""
+
+    @abstractmethod
+    async def offered_buttons(self, conversation_id: str) -> list[Button]:
+        """Buttons the bot offered after the user's last message."""
+
+    async def close(self) -> None:
+        return None
+
+
+def rasa_metadata(msg: InboundMessage) -> dict[str, Any]:
+    """What actions see in ``tracker.latest_message['metadata']``."""
+    meta: dict[str, Any] = {"channel": msg.channel, **msg.metadata}
+    if msg.sender:
+        meta["phone"] = msg.sender
+    if msg.profile_name:
+        meta["profile_name"] = msg.profile_name
+    if msg.location is not None:
+        loc = msg.location
+        meta["location"] = {
+            "latitude": loc.latitude,
+            "longitude": loc.longitude,
+            "address": loc.address,
+            "label": loc.label,
+        }
+    if msg.media:
+        meta["media"] = [{"url": m.url, "content_type": m.content_type} for m in msg.media]
+    return meta
+
+
+class RasaEngine(Engine):
+    """``rasa.core.agent.Agent`` in this process.
+
+    The caller (the turn) already holds the conversation's lock, so messages go to the
+    agent's ``MessageProcessor`` directly rather than through Rasa's own lock store.
+    """
+
+    def __init__(self, model_path: Path, action_endpoint: Any) -> None:
+        self.model_path = model_path
+        self.action_endpoint = action_endpoint
+        self.agent: Any = None
+        self.tracker_store: Any = None
+
+    async def load(self) -> None:
+        if self.agent is not None:
+            return
+        from rasa.core.agent import Agent
+        from rasa.core.lock_store import InMemoryLockStore
+
+        self.agent = await asyncio.to_thread(
+            Agent.load,
+            str(self.model_path),
+            lock_store=InMemoryLockStore(),
+            action_endpoint=self.action_endpoint,
+        )
+        logger.info("loaded model %s", self.model_path.name)
+
+    def bind_tracker_store(self, tracker_store: Any) -> None:
+        tracker_store.domain = self.agent.domain
+        self.tracker_store = tracker_store
+        self.agent.tracker_store = tracker_store
+        self.agent.processor.tracker_store = tracker_store
+
+    async def handle(self, msg: InboundMessage) -> list[BotReply]:
+        from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+
+        output = CollectingOutputChannel()
+        user_message = UserMessage(
+            text=msg.button_payload or msg.text,
+            output_channel=output,
+            sender_id=msg.conversation_id,
+            input_channel=msg.channel,
+            message_id=msg.message_id or None,
+            metadata=rasa_metadata(msg),
+        )
+        await self.agent.processor.handle_message(user_message)
+        return [BotReply.from_rasa(m) for m in output.messages]
+
+    async def offered_buttons(self, conversation_id: str) -> list[Button]:
+        from rasa.shared.core.events import BotUttered, UserUttered
+
+        tracker = await self.tracker_store.retrieve(conversation_id)
+        if tracker is None:
+            return []
+        for event in reversed(tracker.events):
+            if isinstance(event, UserUttered):
+                break
+            if isinstance(event, BotUttered) and event.data.get("buttons"):
+                # each message numbers its own buttons: "2" means the latest ones
+                return list(BotReply.from_rasa(event.data).buttons)
+        return []

@@ -1,0 +1,214 @@
+"""The aiohttp application: settings in, a server with every channel out.
+
+:class:`Runtime` holds what one server process owns (stores, engine, turn, channels)
+and hands channels only the callables they need. Nothing is reached through
+``request.app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from channels import channel_class
+from channels.base import ChannelServices, InputChannel, OutputChannel
+from nlu.actions import InProcessActionEndpoint
+from nlu.engine import Engine, RasaEngine
+from nlu.training import ensure_model
+from runtime.coordination import (
+    ConversationLocks,
+    Inbox,
+    InProcessLocks,
+    RedisInbox,
+    RedisLocks,
+    SQLiteInbox,
+)
+from runtime.deliveries import DeliveryLog
+from runtime.dispatch import Dispatcher
+from runtime.messages import BotReply, InboundMessage, mask_phone
+from runtime.settings import Settings, SettingsError
+from runtime.sqlite import SQLite
+from runtime.tracker_store import TRACKER_STORES
+from runtime.turn import Deliver, Dialogue, ResolveChoice, Turn
+
+logger = logging.getLogger(__name__)
+
+# A message pending this long in a shared Redis inbox belongs to a worker that died.
+SHARED_PENDING_STALE_S = 300.0
+
+
+async def embedded_coordination(settings: Settings, db: SQLite) -> tuple[ConversationLocks, Inbox]:
+    inbox = SQLiteInbox(db, settings.store.dedupe_ttl_s)
+    await inbox.setup()
+    return InProcessLocks(), inbox
+
+
+async def redis_coordination(settings: Settings, db: SQLite) -> tuple[ConversationLocks, Inbox]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.store.redis_url)
+    await client.ping()
+    return RedisLocks(client), RedisInbox(client, settings.store.dedupe_ttl_s)
+
+
+COORDINATION = {"embedded": embedded_coordination, "redis": redis_coordination}
+
+
+def action_endpoint(settings: Settings) -> Any:
+    if settings.bot.action_endpoint:
+        from rasa.utils.endpoints import EndpointConfig
+
+        return EndpointConfig(url=settings.bot.action_endpoint)
+    return InProcessActionEndpoint(settings.bot.actions_module, settings.bot.action_error_response)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.dispatcher = Dispatcher()
+        self.db = SQLite(settings.data_dir / "habla.sqlite3")
+        self.deliveries = DeliveryLog(self.db)
+        self._turn: Turn | None = None
+        self._locks: ConversationLocks | None = None
+        self._inbox: Inbox | None = None
+        services = ChannelServices(
+            settings=settings,
+            accept=self.accept,
+            run_turn=self.run_turn,
+            delivery_status=self.deliveries.status,
+        )
+        self.channels: dict[str, InputChannel] = {}
+        self.closed_channels: dict[str, list[str]] = {}
+        problems = []
+        for name in filter(None, (n.strip() for n in settings.server.channels.split(","))):
+            try:
+                cls = channel_class(name)
+            except (KeyError, ImportError, AttributeError, TypeError) as e:
+                problems.append(f"server.channels (HABLA_CHANNELS): {e}")
+                continue
+            missing = cls.missing_secrets(settings)
+            if missing:
+                self.closed_channels[cls.name] = missing
+            else:
+                self.channels[cls.name] = cls(services)
+        if problems:
+            raise SettingsError(problems)
+
+    @property
+    def inbox(self) -> Inbox:
+        if self._inbox is None:
+            raise RuntimeError("the runtime has not started")
+        return self._inbox
+
+    @property
+    def turn(self) -> Turn:
+        if self._turn is None:
+            raise RuntimeError("the runtime has not started")
+        return self._turn
+
+    def routes(self) -> list[web.RouteDef]:
+        routes: list[web.RouteDef] = []
+        for name in self.closed_channels:
+            routes += channel_class(name).closed_routes()
+        for channel in self.channels.values():
+            routes += channel.routes()
+        return routes
+
+    def urls(self, base: str) -> dict[str, list[str]]:
+        """Every webhook URL by channel, and whether it is open."""
+        out = {}
+        for name in list(self.channels) + list(self.closed_channels):
+            out[name] = [base + p for p in channel_class(name).url_paths()]
+        return out
+
+    async def start(self) -> None:
+        s = self.settings
+        tracker_store = TRACKER_STORES[s.store.tracker_store](self.db)
+        await tracker_store.setup()
+        await self.deliveries.setup()
+        self._locks, self._inbox = await COORDINATION[s.store.coordination](s, self.db)
+        if self.engine is None:
+            model = (
+                s.path(s.bot.model)
+                if s.bot.model
+                else await asyncio.to_thread(ensure_model, s.path(s.bot.dir), s.models_dir)
+            )
+            self.engine = RasaEngine(model, action_endpoint(s))
+        await self.engine.load()
+        self.engine.bind_tracker_store(tracker_store)
+        self._turn = Turn(
+            [ResolveChoice(self.engine), Dialogue(self.engine), Deliver(self.deliveries)],
+            self._locks,
+            self.inbox,
+        )
+        for channel in self.channels.values():
+            await channel.start()
+        for name, missing in self.closed_channels.items():
+            logger.warning(
+                "channel '%s' is not configured (%s unset): its webhooks answer 403",
+                name,
+                ", ".join(missing),
+            )
+        await self.resume_pending()
+
+    async def resume_pending(self) -> None:
+        """Messages acknowledged before a crash or stop: process them now."""
+        stale = SHARED_PENDING_STALE_S if isinstance(self.inbox, RedisInbox) else 0.0
+        pending = await self.inbox.pending(older_than_s=stale)
+        resumed = 0
+        for msg in pending:
+            channel = self.channels.get(msg.channel)
+            if channel is not None and channel.output is not None:
+                self._queue(msg, channel.output)
+                resumed += 1
+            else:
+                await self.inbox.done(msg, "failed")
+        if pending:
+            logger.info("resumed %d of %d unfinished messages", resumed, len(pending))
+
+    def _queue(self, msg: InboundMessage, output: OutputChannel) -> None:
+        turn = self.turn
+        self.dispatcher.submit(msg.conversation_id, lambda: turn.run(msg, output))
+
+    async def accept(self, msg: InboundMessage, output: OutputChannel) -> bool:
+        if not await self.inbox.accept(msg):
+            return False
+        logger.debug("accepted %s from %s", msg.message_id, mask_phone(msg.sender))
+        self._queue(msg, output)
+        return True
+
+    async def run_turn(self, msg: InboundMessage, output: OutputChannel) -> list[BotReply]:
+        ctx = await self.turn.run(msg, output)
+        return list(ctx.replies)
+
+    async def close(self) -> None:
+        await self.dispatcher.close()
+        for channel in self.channels.values():
+            await channel.close()
+        for closable in (self._locks, self._inbox):
+            if closable is not None:
+                await closable.close()
+        await self.db.close()
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        await self.start()
+        yield
+        await self.close()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
+    """Build the server. ``engine`` lets tests share one loaded model between apps."""
+    runtime = Runtime(settings, engine)
+    app = web.Application(client_max_size=1024**2)
+    app.add_routes(runtime.routes())
+    app.cleanup_ctx.append(runtime.lifespan)
+    app[RUNTIME] = runtime  # for the CLI and tests; handlers never look it up
+    return app

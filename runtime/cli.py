@@ -1,0 +1,176 @@
+"""``habla train | run | shell``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from runtime.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("habla")
+
+
+def configure_logging(level: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    noisy = ("rasa", "tensorflow", "absl", "matplotlib", "urllib3", "twilio.http_client")
+    quiet = max(logging.WARNING, logging.getLogger().level)
+    for name in noisy:
+        logging.getLogger(name).setLevel(quiet)
+    from rasa.utils.log_utils import configure_structlog
+
+    configure_structlog(quiet)  # Rasa's structlog events otherwise print at DEBUG
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as e:
+        print(f"habla: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nlu.training import ensure_model, train
+
+    s = _settings()
+    configure_logging(s.server.log_level)
+    bot = s.path(s.bot.dir)
+    path = train(bot, s.models_dir) if args.force else ensure_model(bot, s.models_dir)
+    print(path)
+    return 0
+
+
+def print_urls(s: Settings, urls: dict[str, list[str]], closed: dict[str, list[str]]) -> None:
+    local = f"http://{s.server.host}:{s.server.port}"
+    base = s.public_base or local
+    lines = [f"habla is serving on {local}"]
+    if "rest" in urls and "rest" not in closed:
+        lines.append(f"  dev chat:  {local}/")
+    for name, paths in urls.items():
+        state = f"  (answers 403: set {', '.join(closed[name])})" if name in closed else ""
+        for url in paths:
+            lines.append(f"  {name:<8} {url.replace(local, base)}{state}")
+    if not s.public_base:
+        lines.append(
+            "  set HABLA_PUBLIC_URL to the address providers reach (webhook signatures "
+            "are checked against it)"
+        )
+    lines.append("Press Ctrl-C to stop.")
+    print("\n".join(lines), flush=True)
+
+
+async def serve(s: Settings) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM, then drain running turns and stop."""
+    from aiohttp import web
+
+    from runtime.app import RUNTIME, create_app
+
+    app = create_app(s)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # loads the model and opens the stores
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, s.server.host, s.server.port, shutdown_timeout=10)
+        await site.start()
+        base = f"http://{s.server.host}:{s.server.port}"
+        runtime = app[RUNTIME]
+        print_urls(s, runtime.urls(base), runtime.closed_channels)
+        await stop.wait()
+        print("habla: stopping (finishing turns in progress)...", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nlu.training import ensure_model
+
+    s = _settings()
+    if args.port is not None:
+        s = s.with_overrides(server={"port": args.port})
+    configure_logging(s.server.log_level)
+    if not s.bot.model:  # train before the server starts, with progress on the console
+        model = ensure_model(s.path(s.bot.dir), s.models_dir)
+        s = s.with_overrides(bot={"model": str(model)})
+    asyncio.run(serve(s))
+    return 0
+
+
+async def _shell(s: Settings) -> None:
+    from channels.base import OutputChannel
+    from runtime.app import Runtime
+    from runtime.messages import BotReply, Delivery, InboundMessage
+
+    class TerminalOutput(OutputChannel):
+        async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+            text = self.numbered_text(reply)
+            for extra in (reply.image, reply.attachment):
+                text += f"\n[{extra}]" if extra else ""
+            print("\n".join("bot> " + line for line in text.splitlines() or [""]), flush=True)
+            return [Delivery(ok=True)]
+
+    runtime = Runtime(s.with_overrides(server={"channels": ""}))
+    await runtime.start()
+    out = TerminalOutput()
+    print("Chat with the bot; /restart starts over, Ctrl-D quits.", flush=True)
+    try:
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                break
+            if text.strip():
+                await runtime.run_turn(
+                    InboundMessage(channel="shell", conversation_id="shell", text=text), out
+                )
+    finally:
+        await runtime.close()
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    s = _settings()
+    configure_logging("WARNING" if s.server.log_level == "INFO" else s.server.log_level)
+    try:
+        asyncio.run(_shell(s))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from runtime.settings import settings_table
+
+    print(settings_table())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="habla", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train the bot if its files changed")
+    p.add_argument("--force", action="store_true", help="train even if a model exists")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("run", help="serve the bot (trains first if needed)")
+    p.add_argument("--port", type=int, default=None, help="override HABLA_PORT")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("shell", help="chat with the bot in the terminal")
+    p.set_defaults(func=cmd_shell)
+    p = sub.add_parser("settings", help="print the table of settings")
+    p.set_defaults(func=cmd_settings)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Per-conversation locks and the inbox (de-duplication plus nothing-lost).
+
+Two implementations, chosen by ``store.coordination``:
+
+* ``embedded``: an in-process lock per conversation and an inbox in SQLite. One
+  server process.
+* ``redis``: ``redis.asyncio`` locks and de-duplication keys, shared by every worker
+  and machine pointed at the same Redis.
+
+The inbox records a message before the webhook is acknowledged and marks it done when
+its turn ends, so a message acknowledged just before a crash is processed after the
+restart instead of being lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from runtime.messages import InboundMessage
+from runtime.sqlite import SQLite
+
+logger = logging.getLogger(__name__)
+
+
+class LockTimeout(RuntimeError):
+    pass
+
+
+class ConversationLocks(ABC):
+    """One turn at a time per conversation."""
+
+    @abstractmethod
+    def lock(self, conversation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the conversation's lock for the duration of a turn."""
+
+    async def close(self) -> None:
+        return None
+
+
+class InProcessLocks(ConversationLocks):
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(conversation_id, asyncio.Lock())
+        self._users[conversation_id] = self._users.get(conversation_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[conversation_id] -= 1
+            if not self._users[conversation_id]:
+                del self._users[conversation_id], self._locks[conversation_id]
+
+
+class RedisLocks(ConversationLocks):
+    """``redis.asyncio`` locks (token-checked release, expiry against crashed holders)."""
+
+    def __init__(
+        self, redis: Any, prefix: str = "habla", ttl_s: float = 120.0, wait_s: float = 120.0
+    ) -> None:
+        self.redis, self.prefix, self.ttl_s, self.wait_s = redis, prefix, ttl_s, wait_s
+
+    @contextlib.asynccontextmanager
+    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+        lock = self.redis.lock(
+            f"{self.prefix}:lock:{conversation_id}",
+            timeout=self.ttl_s,
+            sleep=0.01,
+            blocking_timeout=self.wait_s,
+        )
+        if not await lock.acquire():
+            raise LockTimeout(f"conversation lock not acquired in {self.wait_s}s")
+        try:
+            yield
+        finally:
+            try:
+                await lock.release()
+            except Exception:  # expired while held: the turn took longer than ttl_s
+                logger.warning("conversation lock expired before release")
+
+
+class Inbox(ABC):
+    """Remembers provider message ids; keeps accepted messages until their turn ends."""
+
+    @abstractmethod
+    async def accept(self, msg: InboundMessage) -> bool:
+        """Record the message; False when its id was seen before (a redelivery)."""
+
+    @abstractmethod
+    async def done(self, msg: InboundMessage, status: str = "done") -> None:
+        """The message's turn has ended (``done`` or ``failed``)."""
+
+    @abstractmethod
+    async def pending(self, older_than_s: float = 0.0) -> list[InboundMessage]:
+        """Accepted messages whose turn never ended (e.g. the process died)."""
+
+    async def close(self) -> None:
+        return None
+
+
+INBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    channel TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (channel, message_id)
+);
+CREATE INDEX IF NOT EXISTS inbox_status ON inbox (status, received_at);
+"""
+
+
+class SQLiteInbox(Inbox):
+    def __init__(self, db: SQLite, ttl_s: int) -> None:
+        self.db, self.ttl_s = db, ttl_s
+        self._last_prune = 0.0
+
+    async def setup(self) -> None:
+        await self.db.script(INBOX_SCHEMA)
+
+    async def accept(self, msg: InboundMessage) -> bool:
+        if not msg.message_id:
+            return True
+        now = time.time()
+        prune = now - self._last_prune > 600
+        if prune:
+            self._last_prune = now
+
+        def write(conn: Any) -> bool:
+            if prune:
+                conn.execute(
+                    "DELETE FROM inbox WHERE status != 'pending' AND received_at < ?",
+                    (now - self.ttl_s,),
+                )
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO inbox VALUES (?, ?, ?, ?, 'pending', ?)",
+                (msg.channel, msg.message_id, msg.conversation_id, msg.to_json(), now),
+            )
+            return bool(cur.rowcount == 1)
+
+        return await self.db.run(write)
+
+    async def done(self, msg: InboundMessage, status: str = "done") -> None:
+        if msg.message_id:
+            await self.db.execute(
+                "UPDATE inbox SET status = ? WHERE channel = ? AND message_id = ?",
+                (status, msg.channel, msg.message_id),
+            )
+
+    async def pending(self, older_than_s: float = 0.0) -> list[InboundMessage]:
+        rows = await self.db.fetchall(
+            "SELECT payload FROM inbox WHERE status = 'pending' AND received_at <= ? "
+            "ORDER BY received_at",
+            (time.time() - older_than_s,),
+        )
+        return [InboundMessage.from_json(r[0]) for r in rows]
+
+
+class RedisInbox(Inbox):
+    """``SET NX EX`` per message id; pending messages in one hash until done."""
+
+    def __init__(self, redis: Any, ttl_s: int, prefix: str = "habla") -> None:
+        self.redis, self.ttl_s, self.prefix = redis, ttl_s, prefix
+
+    def _key(self, msg: InboundMessage) -> str:
+        return f"{msg.channel}:{msg.message_id}"
+
+    async def accept(self, msg: InboundMessage) -> bool:
+        if not msg.message_id:
+            return True
+        key = self._key(msg)
+        first = await self.redis.set(f"{self.prefix}:seen:{key}", "1", nx=True, ex=self.ttl_s)
+        if not first:
+            return False
+        await self.redis.hset(f"{self.prefix}:pending", key, msg.to_json())
+        return True
+
+    async def done(self, msg: InboundMessage, status: str = "done") -> None:
+        if msg.message_id:
+            await self.redis.hdel(f"{self.prefix}:pending", self._key(msg))
+
+    async def pending(self, older_than_s: float = 0.0) -> list[InboundMessage]:
+        raw = await self.redis.hgetall(f"{self.prefix}:pending")
+        cutoff = time.time() - older_than_s
+        msgs = [InboundMessage.from_json(v) for v in raw.values()]
+        return sorted((m for m in msgs if m.received_at <= cutoff), key=lambda m: m.received_at)
+
+    async def close(self) -> None:
+        await self.redis.close()

@@ -1,0 +1,106 @@
+"""A record of every outbound message and the statuses providers report for it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from runtime.messages import BotReply, Delivery
+from runtime.sqlite import SQLite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbound (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    provider_id TEXT,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbound_provider ON outbound (provider_id);
+CREATE INDEX IF NOT EXISTS outbound_conversation ON outbound (conversation_id, id);
+CREATE TABLE IF NOT EXISTS delivery_status (
+    provider_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error_code TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_status_provider ON delivery_status (provider_id, at);
+"""
+
+
+class DeliveryLog:
+    def __init__(self, db: SQLite) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        await self.db.script(SCHEMA)
+
+    async def record(
+        self, channel: str, conversation_id: str, reply: BotReply, delivery: Delivery
+    ) -> None:
+        now = time.time()
+        await self.db.execute(
+            "INSERT INTO outbound (channel, conversation_id, provider_id, status, error, "
+            "attempts, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                channel,
+                conversation_id,
+                delivery.provider_id or None,
+                "sent" if delivery.ok else "failed",
+                delivery.error,
+                delivery.attempts,
+                json.dumps(asdict(reply), ensure_ascii=False),
+                now,
+                now,
+            ),
+        )
+
+    async def status(
+        self, provider_id: str, status: str, error_code: str = "", error: str = ""
+    ) -> bool:
+        """Store a provider's status report; False if no message has that id."""
+        now = time.time()
+
+        def write(conn: Any) -> bool:
+            conn.execute(
+                "INSERT INTO delivery_status VALUES (?, ?, ?, ?, ?)",
+                (provider_id, status, error_code, error, now),
+            )
+            cur = conn.execute(
+                "UPDATE outbound SET status = ?, error = CASE WHEN ? = '' THEN error "
+                "ELSE ? END, updated_at = ? WHERE provider_id = ?",
+                (status, error, error, now, provider_id),
+            )
+            return bool(cur.rowcount)
+
+        return await self.db.run(write)
+
+    async def history(self, conversation_id: str) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT channel, provider_id, status, error, attempts, body, created_at "
+            "FROM outbound WHERE conversation_id = ? ORDER BY id",
+            (conversation_id,),
+        )
+        keys = ("channel", "provider_id", "status", "error", "attempts", "body", "created_at")
+        out = []
+        for row in rows:
+            item = dict(zip(keys, row, strict=True))
+            item["body"] = json.loads(item["body"])
+            out.append(item)
+        return out
+
+    async def statuses(self, provider_id: str) -> list[tuple[str, str, str]]:
+        rows = await self.db.fetchall(
+            "SELECT status, error_code, error FROM delivery_status WHERE provider_id = ? "
+            "ORDER BY at",
+            (provider_id,),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]

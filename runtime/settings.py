@@ -1,0 +1,386 @@
+"""Settings: read once at start-up, validated as a whole.
+
+Sources, lowest to highest precedence: field defaults, the optional settings file
+(``habla.yml`` in the bot folder, or ``HABLA_SETTINGS``), then ``HABLA_*`` environment
+variables. Secrets (tokens, passwords, URLs that may carry a password) are read from
+the environment only; a secret in the file is an error.
+
+Every problem is collected and reported in one :class:`SettingsError`, so an operator
+fixes a broken deployment in one pass. ``python -m runtime.settings`` prints the table
+of settings the README documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """Raised with every invalid or missing setting named at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  - " + "\n  - ".join(problems))
+
+
+def setting(
+    default: Any,
+    env: str,
+    doc: str,
+    *,
+    secret: bool = False,
+    choices: tuple[str, ...] = (),
+) -> Any:
+    """Declare one setting: its default, environment variable and documentation."""
+    return field(
+        default=default,
+        metadata={"env": env, "doc": doc, "secret": secret, "choices": choices},
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = setting("127.0.0.1", "HABLA_HOST", "Interface to listen on.")
+    port: int = setting(5005, "HABLA_PORT", "TCP port to listen on.")
+    public_url: str = setting(
+        "",
+        "HABLA_PUBLIC_URL",
+        "The base URL providers reach this server at (e.g. https://bot.example.com). "
+        "Twilio signs the URL it called, which behind a proxy or tunnel is not the "
+        "one the server sees; webhook signatures are checked against this base. "
+        "Empty: the URL of the incoming request.",
+    )
+    channels: str = setting(
+        "rest,twilio",
+        "HABLA_CHANNELS",
+        "Comma-separated channels to serve (built-in names, or a dotted path to a "
+        "custom InputChannel class).",
+    )
+    log_level: str = setting(
+        "INFO",
+        "HABLA_LOG_LEVEL",
+        "Logging level.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    dir: str = setting(
+        ".",
+        "HABLA_BOT_DIR",
+        "Folder with the bot's domain.yml, config.yml, data/ and catalog.",
+    )
+    models_dir: str = setting(
+        ".habla/models",
+        "HABLA_MODELS_DIR",
+        "Where trained models are kept, named by the hash of the training files "
+        "(relative paths are relative to the bot folder).",
+    )
+    model: str = setting(
+        "",
+        "HABLA_MODEL",
+        "Serve this model file instead of training/reusing one from the bot files.",
+    )
+    actions_module: str = setting(
+        "actions",
+        "HABLA_ACTIONS_MODULE",
+        "Python package whose rasa_sdk actions run in-process.",
+    )
+    action_endpoint: str = setting(
+        "",
+        "HABLA_ACTION_ENDPOINT",
+        "URL of an external rasa_sdk action server (e.g. http://localhost:5055/webhook). "
+        "Empty: actions run in-process.",
+    )
+    action_error_response: str = setting(
+        "utter_default",
+        "HABLA_ACTION_ERROR_RESPONSE",
+        "Response sent to the user when a custom action raises; empty sends nothing.",
+    )
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    data_dir: str = setting(
+        ".habla",
+        "HABLA_DATA_DIR",
+        "Folder for the embedded SQLite stores (relative to the bot folder).",
+    )
+    tracker_store: str = setting(
+        "sqlite",
+        "HABLA_TRACKER_STORE",
+        "Conversation state store: sqlite (persistent, default) or memory.",
+        choices=("sqlite", "memory"),
+    )
+    coordination: str = setting(
+        "embedded",
+        "HABLA_COORDINATION",
+        "Per-conversation locks and message de-duplication: embedded (one process; "
+        "dedupe in SQLite) or redis (several workers or machines).",
+        choices=("embedded", "redis"),
+    )
+    redis_url: str = setting(
+        "",
+        "HABLA_REDIS_URL",
+        "Redis URL (redis://[:password@]host:port/db), required when coordination is redis.",
+        secret=True,
+    )
+    dedupe_ttl_s: int = setting(
+        172800,
+        "HABLA_DEDUPE_TTL_S",
+        "How long a provider message id is remembered for de-duplication (seconds).",
+    )
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str = setting("", "TWILIO_ACCOUNT_SID", "Twilio account SID (AC...).", secret=True)
+    auth_token: str = setting(
+        "",
+        "TWILIO_AUTH_TOKEN",
+        "Twilio auth token: signs webhooks and authenticates sends. Unset: the "
+        "twilio webhooks answer 403 to everything.",
+        secret=True,
+    )
+    api_base: str = setting(
+        "https://api.twilio.com",
+        "HABLA_TWILIO_API_BASE",
+        "Base URL of Twilio's REST API (tests point it at a local fake).",
+    )
+    status_callback: bool = setting(
+        True,
+        "HABLA_TWILIO_STATUS_CALLBACK",
+        "Ask Twilio to report delivery statuses to /webhooks/twilio/status (needs public_url).",
+    )
+
+
+@dataclass(frozen=True)
+class RestSettings:
+    token: str = setting(
+        "",
+        "HABLA_REST_TOKEN",
+        "Bearer token for /webhooks/rest/webhook. Unset: the REST channel and chat "
+        "page answer only when the server listens on loopback with no public_url; "
+        "otherwise they answer 403.",
+        secret=True,
+    )
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    max_attempts: int = setting(
+        5,
+        "HABLA_SEND_MAX_ATTEMPTS",
+        "Attempts for one outbound message on transient errors (429, 5xx, timeouts).",
+    )
+    backoff_s: float = setting(
+        0.5,
+        "HABLA_SEND_BACKOFF_S",
+        "First retry delay; doubles each attempt (with jitter), capped at 30 s.",
+    )
+    timeout_s: float = setting(
+        15.0, "HABLA_SEND_TIMEOUT_S", "Timeout of one provider request (seconds)."
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    bot: BotSettings = field(default_factory=BotSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    rest: RestSettings = field(default_factory=RestSettings)
+    send: SendSettings = field(default_factory=SendSettings)
+
+    def path(self, value: str) -> Path:
+        """A path setting resolved against the bot folder."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.bot.dir).resolve() / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.store.data_dir)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path(self.bot.models_dir)
+
+    @property
+    def public_base(self) -> str:
+        return self.server.public_url.rstrip("/")
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> Settings:
+        """A copy with some fields replaced, e.g. ``with_overrides(server={"port": 0})``."""
+        changes = {
+            name: dataclasses.replace(getattr(self, name), **values)
+            for name, values in sections.items()
+        }
+        return dataclasses.replace(self, **changes)
+
+
+def _cast(kind: Any, raw: Any) -> Any:
+    if kind in (bool, "bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true/false, got {raw!r}")
+    if kind in (int, "int"):
+        if isinstance(raw, bool):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        return int(str(raw).strip())
+    if kind in (float, "float"):
+        return float(str(raw).strip())
+    return str(raw)
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "bot": BotSettings,
+    "store": StoreSettings,
+    "twilio": TwilioSettings,
+    "rest": RestSettings,
+    "send": SendSettings,
+}
+
+
+def iter_fields() -> list[tuple[str, dataclasses.Field[Any]]]:
+    """Every setting as ("section.name", field), in declaration order."""
+    out = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out.append((f"{section}.{f.name}", f))
+    return out
+
+
+def load_settings(env: Mapping[str, str] | None = None, file: str | Path | None = None) -> Settings:
+    """Read settings from the file and environment and validate them all at once."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    file_values: dict[str, Any] = {}
+    path = Path(file) if file else None
+    if path is None:
+        bot_dir = Path(env.get("HABLA_BOT_DIR", "."))
+        path = Path(env["HABLA_SETTINGS"]) if env.get("HABLA_SETTINGS") else bot_dir / "habla.yml"
+        explicit = bool(env.get("HABLA_SETTINGS"))
+    else:
+        explicit = True
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError("top level must be a mapping of sections")
+            for section, values in loaded.items():
+                if not isinstance(values, dict):
+                    problems.append(f"{path}: section '{section}' must be a mapping")
+                    continue
+                for key, value in values.items():
+                    file_values[f"{section}.{key}"] = value
+        except (yaml.YAMLError, ValueError) as e:
+            problems.append(f"{path}: {e}")
+    elif explicit:
+        problems.append(f"settings file {path} does not exist")
+
+    known = dict(iter_fields())
+    for key in file_values:
+        if key not in known:
+            problems.append(f"{path}: unknown setting '{key}'")
+        elif known[key].metadata["secret"]:
+            problems.append(
+                f"{path}: '{key}' is a secret; set it in the environment variable "
+                f"{known[key].metadata['env']} instead"
+            )
+
+    sections: dict[str, dict[str, Any]] = {}
+    for key, f in known.items():
+        section, name = key.split(".")
+        meta = f.metadata
+        raw: Any = f.default
+        source = "default"
+        if key in file_values and not meta["secret"]:
+            raw, source = file_values[key], str(path)
+        if meta["env"] in env:
+            raw, source = env[meta["env"]], meta["env"]
+        try:
+            value = _cast(f.type, raw)
+        except (TypeError, ValueError) as e:
+            problems.append(f"{key} (from {source}): {e}")
+            continue
+        if meta["choices"] and value not in meta["choices"]:
+            problems.append(
+                f"{key} (from {source}): {value!r} is not one of {', '.join(meta['choices'])}"
+            )
+            continue
+        sections.setdefault(section, {})[name] = value
+
+    if problems:
+        raise SettingsError(problems)
+    settings = Settings(**{name: cls(**sections.get(name, {})) for name, cls in SECTIONS.items()})
+    problems.extend(_validate(settings))
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _validate(s: Settings) -> list[str]:
+    problems = []
+    if not 0 <= s.server.port <= 65535:
+        problems.append(f"server.port (HABLA_PORT): {s.server.port} is not a TCP port")
+    for key, url in (
+        ("server.public_url (HABLA_PUBLIC_URL)", s.server.public_url),
+        ("bot.action_endpoint (HABLA_ACTION_ENDPOINT)", s.bot.action_endpoint),
+        ("twilio.api_base (HABLA_TWILIO_API_BASE)", s.twilio.api_base),
+    ):
+        if url:
+            parsed = urlparse(url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                problems.append(f"{key}: {url!r} is not an http(s) URL")
+    if s.store.coordination == "redis":
+        if not s.store.redis_url:
+            problems.append("HABLA_REDIS_URL is required when store.coordination is redis")
+        elif urlparse(s.store.redis_url).scheme not in ("redis", "rediss", "unix"):
+            problems.append("HABLA_REDIS_URL: not a redis://, rediss:// or unix:// URL")
+    if s.twilio.account_sid and not s.twilio.account_sid.startswith("AC"):
+        problems.append("TWILIO_ACCOUNT_SID: an account SID starts with 'AC'")
+    if bool(s.twilio.account_sid) != bool(s.twilio.auth_token):
+        problems.append("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+    if s.send.max_attempts < 1:
+        problems.append("send.max_attempts (HABLA_SEND_MAX_ATTEMPTS): must be at least 1")
+    if s.send.backoff_s < 0 or s.send.timeout_s <= 0:
+        problems.append("send.backoff_s must be >= 0 and send.timeout_s > 0")
+    if s.store.dedupe_ttl_s < 60:
+        problems.append("store.dedupe_ttl_s (HABLA_DEDUPE_TTL_S): at least 60 seconds")
+    if not (Path(s.bot.dir) / "domain.yml").exists() and not s.bot.model:
+        problems.append(f"bot.dir (HABLA_BOT_DIR): no domain.yml in {Path(s.bot.dir).resolve()}")
+    return problems
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (kept in the README)."""
+    rows = [
+        "| setting (habla.yml) | environment variable | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, f in iter_fields():
+        meta = f.metadata
+        where = "*(environment only)*" if meta["secret"] else f"`{key}`"
+        default = f.default if f.default != "" else "*(unset)*"
+        doc = meta["doc"] + (f" One of: {', '.join(meta['choices'])}." if meta["choices"] else "")
+        rows.append(f"| {where} | `{meta['env']}` | {default} | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,136 @@
+"""Conversation state behind Rasa's ``TrackerStore`` interface, persisted in SQLite.
+
+Rasa's own ``SQLTrackerStore`` runs synchronous SQLAlchemy inside ``async def``; this
+one awaits a database thread (:mod:`runtime.sqlite`). Events are appended, never
+rewritten: a save stores only the events the table does not have yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from rasa.core.tracker_store import InMemoryTrackerStore, SerializedTrackerAsText, TrackerStore
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import SessionStarted
+from rasa.shared.core.trackers import DialogueStateTracker
+
+from runtime.sqlite import SQLite
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    sender_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type_name TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (sender_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (sender_id, type_name, seq);
+"""
+
+_BASE = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
+
+
+class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
+    """Append-only event log per conversation; retrieves the latest session."""
+
+    def __init__(self, db: SQLite, domain: Optional[Domain] = None, **kwargs: Any) -> None:
+        super().__init__(domain, **kwargs)
+        self.db = db
+
+    async def setup(self) -> None:
+        await self.db.script(SCHEMA)
+
+    async def save(self, tracker: DialogueStateTracker) -> None:
+        if self.event_broker is not None:
+            await self.stream_events(tracker)
+        events = [e.as_dict() for e in tracker.events]
+        first_seq = getattr(tracker, _BASE, 0)
+
+        def write(conn: Any) -> None:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0), COALESCE(MAX(timestamp), 0) "
+                "FROM events WHERE sender_id = ?",
+                (tracker.sender_id,),
+            ).fetchone()
+            next_seq, last_ts = row
+            start = next_seq - first_seq
+            if 0 <= start <= len(events):
+                new = events[start:]
+            else:  # the tracker was not retrieved from here: fall back to time
+                new = [e for e in events if e["timestamp"] > last_ts]
+            conn.executemany(
+                "INSERT INTO events (sender_id, seq, type_name, timestamp, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        tracker.sender_id,
+                        next_seq + i,
+                        e["event"],
+                        e["timestamp"],
+                        json.dumps(e, ensure_ascii=False),
+                    )
+                    for i, e in enumerate(new)
+                ],
+            )
+
+        await self.db.run(write)
+
+    async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
+        def read(conn: Any) -> list[tuple[int, str]]:
+            start = 0
+            if not full:
+                row = conn.execute(
+                    "SELECT MAX(seq) FROM events WHERE sender_id = ? AND type_name = ?",
+                    (sender_id, SessionStarted.type_name),
+                ).fetchone()
+                start = row[0] or 0
+            return conn.execute(
+                "SELECT seq, data FROM events WHERE sender_id = ? AND seq >= ? ORDER BY seq",
+                (sender_id, start),
+            ).fetchall()
+
+        rows = await self.db.run(read)
+        if not rows:
+            return None
+        tracker = DialogueStateTracker.from_dict(
+            sender_id, [json.loads(data) for _, data in rows], self.domain.slots
+        )
+        setattr(tracker, _BASE, rows[0][0])
+        return tracker
+
+    async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
+        return await self._load(sender_id, full=False)
+
+    async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
+        return await self._load(conversation_id, full=True)
+
+    async def exists(self, conversation_id: str) -> bool:
+        row = await self.db.fetchone(
+            "SELECT 1 FROM events WHERE sender_id = ? LIMIT 1", (conversation_id,)
+        )
+        return row is not None
+
+    async def keys(self) -> Iterable[str]:
+        return [r[0] for r in await self.db.fetchall("SELECT DISTINCT sender_id FROM events")]
+
+
+class MemoryTrackerStore(InMemoryTrackerStore):
+    """Rasa's in-memory store (conversations are lost on restart)."""
+
+    def __init__(self, db: SQLite, domain: Optional[Domain] = None, **kwargs: Any) -> None:
+        super().__init__(domain or Domain.empty(), **kwargs)
+
+    async def setup(self) -> None:
+        return None
+
+
+TRACKER_STORES: dict[str, type[TrackerStore]] = {
+    "sqlite": SQLiteTrackerStore,
+    "memory": MemoryTrackerStore,
+}

@@ -1,0 +1,199 @@
+"""Shared fixtures: the trained example bot (cached by content hash), a loaded engine,
+a real redis-server on a port of its own, a fake Twilio API and a server factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from twilio.request_validator import RequestValidator
+
+from nlu.actions import InProcessActionEndpoint
+from nlu.engine import RasaEngine
+from nlu.training import ensure_model
+from runtime.app import RUNTIME, Runtime, create_app
+from runtime.settings import load_settings
+from tests.fakes.twilio_api import FakeTwilioAPI
+
+PROJECT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+MODELS = PROJECT / ".habla" / "models"
+ACCOUNT_SID = "AC" + "0" * 31 + "1"
+AUTH_TOKEN = "test-auth-token-1234567890abcdef"
+PUBLIC_URL = "https://bot.example.com"
+BOT_NUMBER = "whatsapp:+14155238886"
+
+
+@pytest.fixture(scope="session")
+def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_rasa() -> None:
+    from rasa.utils.log_utils import configure_structlog
+
+    configure_structlog(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return ensure_model(PROJECT, MODELS)
+
+
+@pytest.fixture(scope="session")
+async def engine(model_path: Path) -> RasaEngine:
+    engine = RasaEngine(model_path, InProcessActionEndpoint("actions"))
+    await engine.load()
+    return engine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on loopback, on a port of its own, for this test run."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+async def twilio_api() -> AsyncIterator[FakeTwilioAPI]:
+    fake = FakeTwilioAPI(ACCOUNT_SID, AUTH_TOKEN)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+def base_env(data_dir: Path, twilio_url: str = "") -> dict[str, str]:
+    env = {
+        "HABLA_BOT_DIR": str(PROJECT),
+        "HABLA_DATA_DIR": str(data_dir),
+        "HABLA_MODELS_DIR": str(MODELS),
+        "HABLA_PUBLIC_URL": PUBLIC_URL,
+        "HABLA_REST_TOKEN": "rest-token",
+        "HABLA_SEND_BACKOFF_S": "0.01",
+        "HABLA_SETTINGS": "",
+    }
+    if twilio_url:
+        env |= {
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "HABLA_TWILIO_API_BASE": twilio_url,
+        }
+    return env
+
+
+ServerFactory = Callable[..., Awaitable[tuple[TestClient, Runtime]]]
+
+
+@pytest.fixture
+async def make_server(engine: RasaEngine, tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    clients: list[TestClient] = []
+
+    async def factory(
+        env: dict[str, str] | None = None, data_dir: Path | None = None
+    ) -> tuple[TestClient, Runtime]:
+        full = base_env(data_dir or tmp_path / "data") | (env or {})
+        settings = load_settings(env=full)
+        app = create_app(settings, engine=engine)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client, app[RUNTIME]
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+def sign(url: str, params: dict[str, Any], token: str = AUTH_TOKEN) -> str:
+    return str(RequestValidator(token).compute_signature(url, params))
+
+
+_sid_counter = iter(range(1, 10**9))
+
+
+def whatsapp_form(text: str, user: str = "+34600111222", **extra: str) -> dict[str, str]:
+    n = next(_sid_counter)
+    return {
+        "SmsMessageSid": f"SM{n:032x}",
+        "NumMedia": "0",
+        "ProfileName": "Ana",
+        "MessageType": "text",
+        "SmsSid": f"SM{n:032x}",
+        "WaId": user.lstrip("+"),
+        "SmsStatus": "received",
+        "Body": text,
+        "To": BOT_NUMBER,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": f"SM{n:032x}",
+        "AccountSid": ACCOUNT_SID,
+        "From": f"whatsapp:{user}",
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+async def post_twilio(
+    client: TestClient,
+    form: dict[str, str],
+    path: str = "/webhooks/twilio/webhook",
+    signature: str | None = None,
+) -> Any:
+    sig = sign(PUBLIC_URL + path, form) if signature is None else signature
+    headers = {"X-Twilio-Signature": sig} if sig else {}
+    return await client.post(path, data=form, headers=headers)

@@ -1,0 +1,134 @@
+"""A local fake of Twilio's Messages API that speaks the real wire protocol.
+
+It checks HTTP Basic auth (account SID + auth token), parses the form the official SDK
+posts to ``/2010-04-01/Accounts/{AccountSid}/Messages.json``, records it and answers
+with a message resource like Twilio's. Failures can be scripted per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class SentMessage:
+    account_sid: str
+    to: str
+    from_: str
+    body: str
+    media_urls: list[str]
+    status_callback: str
+    sid: str
+    at: float = field(default_factory=time.monotonic)
+
+
+class FakeTwilioAPI:
+    def __init__(self, account_sid: str, auth_token: str) -> None:
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.sent: list[SentMessage] = []
+        self.rejected_auth = 0
+        self.failures: list[tuple[int, int, str]] = []  # (http status, twilio code, message)
+        self.attempts = 0
+        self.delay_s = 0.0
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def fail_next(self, status: int, code: int = 20500, message: str = "error") -> None:
+        self.failures.append((status, code, message))
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        return user == self.account_sid and password == self.auth_token
+
+    @staticmethod
+    def _error(status: int, code: int, message: str) -> web.Response:
+        body = {"code": code, "message": message, "more_info": "", "status": status}
+        return web.json_response(body, status=status)
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        if not self._authorized(request):
+            self.rejected_auth += 1
+            return self._error(401, 20003, "Authenticate")
+        if request.match_info["sid"] != self.account_sid:
+            return self._error(404, 20404, "The requested resource was not found")
+        form = await request.post()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.failures:
+            return self._error(*self.failures.pop(0))
+        if not form.get("To") or not (form.get("From") or form.get("MessagingServiceSid")):
+            return self._error(400, 21604, "A 'To' and 'From' phone number is required.")
+        if not form.get("Body") and not form.getall("MediaUrl", []):
+            return self._error(400, 21602, "Message body is required.")
+        if len(str(form.get("Body", ""))) > 1600:
+            return self._error(400, 21617, "The concatenated message body exceeds 1600")
+        sid = f"SM{next(self._ids):032x}"
+        msg = SentMessage(
+            account_sid=self.account_sid,
+            to=str(form["To"]),
+            from_=str(form.get("From", "")),
+            body=str(form.get("Body", "")),
+            media_urls=[str(u) for u in form.getall("MediaUrl", [])],
+            status_callback=str(form.get("StatusCallback", "")),
+            sid=sid,
+        )
+        async with self._changed:
+            self.sent.append(msg)
+            self._changed.notify_all()
+        resource: dict[str, Any] = {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "to": msg.to,
+            "from": msg.from_,
+            "body": msg.body,
+            "status": "queued",
+            "num_media": str(len(msg.media_urls)),
+            "num_segments": "1",
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "date_created": "Sat, 28 Nov 2026 20:00:00 +0000",
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+        }
+        return web.Response(status=201, text=json.dumps(resource), content_type="application/json")
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> list[SentMessage]:
+        """Wait until at least ``count`` messages were received in total."""
+
+        async def reached() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.sent) >= count)
+
+        await asyncio.wait_for(reached(), timeout)
+        return self.sent
+
+    def to(self, address: str) -> list[SentMessage]:
+        return [m for m in self.sent if m.to == address]
