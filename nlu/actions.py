@@ -20,6 +20,7 @@ from rasa_sdk.executor import ActionExecutor
 from rasa_sdk.interfaces import ActionExecutionRejection, ActionNotFoundException
 
 from runtime.messages import mask_phone
+from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +58,10 @@ class InProcessActionEndpoint(EndpointConfig):
             )
             responses = [{"response": self.error_response}] if self.error_response else []
             return {"events": [], "responses": responses}
+
+
+def endpoint_from_settings(settings: Settings) -> EndpointConfig:
+    """An external action server if one is configured, else rasa_sdk in-process."""
+    if settings.bot.action_endpoint:
+        return EndpointConfig(url=settings.bot.action_endpoint)
+    return InProcessActionEndpoint(settings.bot.actions_module, settings.bot.action_error_response)

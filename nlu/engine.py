@@ -13,7 +13,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from runtime.messages import BotReply, Button, InboundMessage
+from nlu.parse_cache import install_parse_cache
+from runtime.messages import BotReply, InboundMessage
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ class Engine(ABC):
     @abstractmethod
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
         """Run one user message through NLU, dialogue and actions."""
-
-    @abstractmethod
-    async def offered_buttons(self, conversation_id: str) -> list[Button]:
-        """Buttons the bot offered after the user's last message."""
 
     async def close(self) -> None:
         return None
@@ -66,9 +63,10 @@ class RasaEngine(Engine):
     agent's ``MessageProcessor`` directly rather than through Rasa's own lock store.
     """
 
-    def __init__(self, model_path: Path, action_endpoint: Any) -> None:
+    def __init__(self, model_path: Path, action_endpoint: Any, parse_cache: int = 0) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
+        self.parse_cache = parse_cache
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -84,6 +82,7 @@ class RasaEngine(Engine):
             lock_store=InMemoryLockStore(),
             action_endpoint=self.action_endpoint,
         )
+        install_parse_cache(self.agent.processor, self.parse_cache)
         logger.info("loaded model %s", self.model_path.name)
 
     def bind_tracker_store(self, tracker_store: Any) -> None:
@@ -106,17 +105,3 @@ class RasaEngine(Engine):
         )
         await self.agent.processor.handle_message(user_message)
         return [BotReply.from_rasa(m) for m in output.messages]
-
-    async def offered_buttons(self, conversation_id: str) -> list[Button]:
-        from rasa.shared.core.events import BotUttered, UserUttered
-
-        tracker = await self.tracker_store.retrieve(conversation_id)
-        if tracker is None:
-            return []
-        for event in reversed(tracker.events):
-            if isinstance(event, UserUttered):
-                break
-            if isinstance(event, BotUttered) and event.data.get("buttons"):
-                # each message numbers its own buttons: "2" means the latest ones
-                return list(BotReply.from_rasa(event.data).buttons)
-        return []

@@ -10,21 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
 from channels import channel_class
 from channels.base import ChannelServices, InputChannel, OutputChannel
-from nlu.actions import InProcessActionEndpoint
+from nlu.actions import endpoint_from_settings
 from nlu.engine import Engine, RasaEngine
+from nlu.pool import WorkerPoolEngine
 from nlu.training import ensure_model
 from runtime.coordination import (
+    Choices,
     ConversationLocks,
     Inbox,
     InProcessLocks,
+    RedisChoices,
     RedisInbox,
     RedisLocks,
+    SQLiteChoices,
     SQLiteInbox,
 )
 from runtime.deliveries import DeliveryLog
@@ -41,35 +44,33 @@ logger = logging.getLogger(__name__)
 SHARED_PENDING_STALE_S = 300.0
 
 
-async def embedded_coordination(settings: Settings, db: SQLite) -> tuple[ConversationLocks, Inbox]:
+Coordination = tuple[ConversationLocks, Inbox, Choices]
+
+
+async def embedded_coordination(settings: Settings, db: SQLite) -> Coordination:
     inbox = SQLiteInbox(db, settings.store.dedupe_ttl_s)
     await inbox.setup()
-    return InProcessLocks(), inbox
+    choices = SQLiteChoices(db)
+    await choices.setup()
+    return InProcessLocks(), inbox, choices
 
 
-async def redis_coordination(settings: Settings, db: SQLite) -> tuple[ConversationLocks, Inbox]:
+async def redis_coordination(settings: Settings, db: SQLite) -> Coordination:
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(settings.store.redis_url)
     await client.ping()
-    return RedisLocks(client), RedisInbox(client, settings.store.dedupe_ttl_s)
+    return RedisLocks(client), RedisInbox(client, settings.store.dedupe_ttl_s), RedisChoices(client)
 
 
 COORDINATION = {"embedded": embedded_coordination, "redis": redis_coordination}
-
-
-def action_endpoint(settings: Settings) -> Any:
-    if settings.bot.action_endpoint:
-        from rasa.utils.endpoints import EndpointConfig
-
-        return EndpointConfig(url=settings.bot.action_endpoint)
-    return InProcessActionEndpoint(settings.bot.actions_module, settings.bot.action_error_response)
 
 
 class Runtime:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self._owns_engine = engine is None
         self.dispatcher = Dispatcher()
         self.db = SQLite(settings.data_dir / "habla.sqlite3")
         self.deliveries = DeliveryLog(self.db)
@@ -131,18 +132,22 @@ class Runtime:
         tracker_store = TRACKER_STORES[s.store.tracker_store](self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
-        self._locks, self._inbox = await COORDINATION[s.store.coordination](s, self.db)
+        self._locks, self._inbox, choices = await COORDINATION[s.store.coordination](s, self.db)
         if self.engine is None:
             model = (
                 s.path(s.bot.model)
                 if s.bot.model
                 else await asyncio.to_thread(ensure_model, s.path(s.bot.dir), s.models_dir)
             )
-            self.engine = RasaEngine(model, action_endpoint(s))
+            self.engine = (
+                WorkerPoolEngine(model, s, s.engine.workers)
+                if s.engine.workers
+                else RasaEngine(model, endpoint_from_settings(s), s.engine.parse_cache)
+            )
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
         self._turn = Turn(
-            [ResolveChoice(self.engine), Dialogue(self.engine), Deliver(self.deliveries)],
+            [ResolveChoice(choices), Dialogue(self.engine), Deliver(self.deliveries, choices)],
             self._locks,
             self.inbox,
         )
@@ -190,6 +195,8 @@ class Runtime:
         await self.dispatcher.close()
         for channel in self.channels.values():
             await channel.close()
+        if self._owns_engine and self.engine is not None:
+            await self.engine.close()
         for closable in (self._locks, self._inbox):
             if closable is not None:
                 await closable.close()

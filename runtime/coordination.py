@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.messages import InboundMessage
+from runtime.messages import Button, InboundMessage
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -198,3 +199,75 @@ class RedisInbox(Inbox):
 
     async def close(self) -> None:
         await self.redis.close()
+
+
+class Choices(ABC):
+    """The buttons a channel last showed a conversation as numbered text.
+
+    Written by the turn after it renders, read when the user answers "2": the numbers
+    are the channel's rendering, so the turn remembers them rather than asking Rasa.
+    """
+
+    @abstractmethod
+    async def remember(self, conversation_id: str, buttons: tuple[Button, ...]) -> None:
+        """Store the latest buttons shown (empty: forget)."""
+
+    @abstractmethod
+    async def recall(self, conversation_id: str) -> list[Button]:
+        """The buttons shown after the user's last message."""
+
+
+CHOICES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS choices (
+    conversation_id TEXT PRIMARY KEY,
+    buttons TEXT NOT NULL
+);
+"""
+
+
+def _dump(buttons: tuple[Button, ...]) -> str:
+    return json.dumps([[b.title, b.payload] for b in buttons], ensure_ascii=False)
+
+
+def _load(raw: str | bytes) -> list[Button]:
+    return [Button(title, payload) for title, payload in json.loads(raw)]
+
+
+class SQLiteChoices(Choices):
+    def __init__(self, db: SQLite) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        await self.db.script(CHOICES_SCHEMA)
+
+    async def remember(self, conversation_id: str, buttons: tuple[Button, ...]) -> None:
+        if buttons:
+            await self.db.execute(
+                "INSERT OR REPLACE INTO choices VALUES (?, ?)", (conversation_id, _dump(buttons))
+            )
+        else:
+            await self.db.execute(
+                "DELETE FROM choices WHERE conversation_id = ?", (conversation_id,)
+            )
+
+    async def recall(self, conversation_id: str) -> list[Button]:
+        row = await self.db.fetchone(
+            "SELECT buttons FROM choices WHERE conversation_id = ?", (conversation_id,)
+        )
+        return _load(row[0]) if row else []
+
+
+class RedisChoices(Choices):
+    def __init__(self, redis: Any, prefix: str = "habla", ttl_s: int = 7 * 86400) -> None:
+        self.redis, self.prefix, self.ttl_s = redis, prefix, ttl_s
+
+    async def remember(self, conversation_id: str, buttons: tuple[Button, ...]) -> None:
+        key = f"{self.prefix}:choices:{conversation_id}"
+        if buttons:
+            await self.redis.set(key, _dump(buttons), ex=self.ttl_s)
+        else:
+            await self.redis.delete(key)
+
+    async def recall(self, conversation_id: str) -> list[Button]:
+        raw = await self.redis.get(f"{self.prefix}:choices:{conversation_id}")
+        return _load(raw) if raw else []

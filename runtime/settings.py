@@ -109,6 +109,24 @@ class BotSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    workers: int = setting(
+        0,
+        "HABLA_ENGINE_WORKERS",
+        "Rasa engine processes. 0: Rasa runs in the server process (simplest; one core). "
+        "N > 0: N worker processes, each conversation pinned to one, so turns use every "
+        "core while the server process only does I/O. Each worker holds its own model "
+        "(about 1 GB of memory).",
+    )
+    parse_cache: int = setting(
+        4096,
+        "HABLA_PARSE_CACHE",
+        'NLU results kept for repeated message texts ("hi", "1", "ok"), per engine '
+        "process; 0 disables. Safe with Rasa's NLU components, which read only the text.",
+    )
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     data_dir: str = setting(
         ".habla",
@@ -196,6 +214,7 @@ class SendSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     bot: BotSettings = field(default_factory=BotSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     rest: RestSettings = field(default_factory=RestSettings)
@@ -249,6 +268,7 @@ def _cast(kind: Any, raw: Any) -> Any:
 SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "bot": BotSettings,
+    "engine": EngineSettings,
     "store": StoreSettings,
     "twilio": TwilioSettings,
     "rest": RestSettings,
@@ -356,6 +376,10 @@ def _validate(s: Settings) -> list[str]:
         problems.append("TWILIO_ACCOUNT_SID: an account SID starts with 'AC'")
     if bool(s.twilio.account_sid) != bool(s.twilio.auth_token):
         problems.append("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+    if not 0 <= s.engine.workers <= 64:
+        problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
+    if s.engine.parse_cache < 0:
+        problems.append("engine.parse_cache (HABLA_PARSE_CACHE): 0 or more")
     if s.send.max_attempts < 1:
         problems.append("send.max_attempts (HABLA_SEND_MAX_ATTEMPTS): must be at least 1")
     if s.send.backoff_s < 0 or s.send.timeout_s <= 0:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from runtime.coordination import ConversationLocks, Inbox
+from runtime.coordination import Choices, ConversationLocks, Inbox
 from runtime.deliveries import DeliveryLog
 from runtime.messages import BotReply, Button, Delivery, InboundMessage, mask_phone
 
@@ -57,14 +57,14 @@ def match_choice(text: str, offered: Sequence[Button]) -> Button | None:
 class ResolveChoice:
     """On channels that show buttons as numbered text, map "2" back to a payload."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, choices: Choices) -> None:
+        self.choices = choices
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
         msg = ctx.inbound
         if not ctx.output.renders_buttons_as_text or msg.button_payload or not msg.text:
             return ctx
-        button = match_choice(msg.text, await self.engine.offered_buttons(msg.conversation_id))
+        button = match_choice(msg.text, await self.choices.recall(msg.conversation_id))
         if button is None:
             return ctx
         return replace(ctx, inbound=replace(msg, button_payload=button.payload))
@@ -83,10 +83,13 @@ class Dialogue:
 class Deliver:
     """Send the replies on the conversation's channel and record the outcome."""
 
-    def __init__(self, log: DeliveryLog) -> None:
-        self.log = log
+    def __init__(self, log: DeliveryLog, choices: Choices) -> None:
+        self.log, self.choices = log, choices
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
+        if ctx.output.renders_buttons_as_text:
+            shown = next((r.buttons for r in reversed(ctx.replies) if r.buttons), ())
+            await self.choices.remember(ctx.inbound.conversation_id, shown)
         deliveries = []
         for reply in ctx.replies:
             for delivery in await ctx.output.send(ctx.inbound, reply):
