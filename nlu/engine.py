@@ -76,6 +76,10 @@ class RasaEngine(Engine):
         from rasa.core.agent import Agent
         from rasa.core.lock_store import InMemoryLockStore
 
+        from nlu import speedups
+
+        speedups.install()
+
         self.agent = await asyncio.to_thread(
             Agent.load,
             str(self.model_path),

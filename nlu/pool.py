@@ -70,12 +70,12 @@ async def _serve(sock: socket.socket, settings: Settings, model_path: Path) -> N
     from nlu.actions import endpoint_from_settings
     from nlu.engine import RasaEngine
     from runtime.sqlite import SQLite
-    from runtime.tracker_store import TRACKER_STORES
+    from runtime.tracker_store import make_tracker_store
 
     engine = RasaEngine(model_path, endpoint_from_settings(settings), settings.engine.parse_cache)
     await engine.load()
     db = SQLite(settings.data_dir / "habla.sqlite3")
-    store = TRACKER_STORES[settings.store.tracker_store](db)
+    store = make_tracker_store(settings, db)
     await store.setup()
     engine.bind_tracker_store(store)
     reader, writer = await asyncio.open_connection(sock=sock)

@@ -35,7 +35,7 @@ from runtime.dispatch import Dispatcher
 from runtime.messages import BotReply, InboundMessage, mask_phone
 from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
-from runtime.tracker_store import TRACKER_STORES
+from runtime.tracker_store import make_tracker_store
 from runtime.turn import Deliver, Dialogue, ResolveChoice, Turn
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        tracker_store = TRACKER_STORES[s.store.tracker_store](self.db)
+        tracker_store = make_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
         self._locks, self._inbox, choices = await COORDINATION[s.store.coordination](s, self.db)

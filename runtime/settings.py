@@ -152,6 +152,12 @@ class StoreSettings:
         "Redis URL (redis://[:password@]host:port/db), required when coordination is redis.",
         secret=True,
     )
+    tracker_cache: int = setting(
+        1000,
+        "HABLA_TRACKER_CACHE",
+        "Conversations whose state stays deserialized in memory between turns (per "
+        "engine process; checked against the store before use). 0 disables.",
+    )
     dedupe_ttl_s: int = setting(
         172800,
         "HABLA_DEDUPE_TTL_S",
@@ -378,6 +384,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
     if not 0 <= s.engine.workers <= 64:
         problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
+    if s.store.tracker_cache < 0:
+        problems.append("store.tracker_cache (HABLA_TRACKER_CACHE): 0 or more")
     if s.engine.parse_cache < 0:
         problems.append("engine.parse_cache (HABLA_PARSE_CACHE): 0 or more")
     if s.send.max_attempts < 1:

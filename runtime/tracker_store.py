@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -17,6 +18,7 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 
+from runtime.settings import Settings
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,29 @@ _BASE = "_habla_first_seq"  # sequence number of a retrieved tracker's first eve
 
 
 class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
-    """Append-only event log per conversation; retrieves the latest session."""
+    """Append-only event log per conversation; retrieves the latest session.
 
-    def __init__(self, db: SQLite, domain: Optional[Domain] = None, **kwargs: Any) -> None:
+    The trackers of recently active conversations stay deserialized in memory
+    (``cache_size`` of them). A cached tracker is only handed out while the table still
+    ends where it ended when the tracker was saved or loaded (one indexed ``MAX(seq)``),
+    so a write by another process or a turn that failed before saving reloads it.
+    """
+
+    def __init__(
+        self, db: SQLite, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(domain, **kwargs)
         self.db = db
+        self.cache_size = cache_size
+        self._hot: OrderedDict[str, tuple[DialogueStateTracker, int]] = OrderedDict()
+
+    def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
+        if self.cache_size <= 0:
+            return
+        self._hot[tracker.sender_id] = (tracker, next_seq)
+        self._hot.move_to_end(tracker.sender_id)
+        while len(self._hot) > self.cache_size:
+            self._hot.popitem(last=False)
 
     async def setup(self) -> None:
         await self.db.script(SCHEMA)
@@ -49,10 +69,10 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
     async def save(self, tracker: DialogueStateTracker) -> None:
         if self.event_broker is not None:
             await self.stream_events(tracker)
-        events = [e.as_dict() for e in tracker.events]
+        events = list(tracker.events)
         first_seq = getattr(tracker, _BASE, 0)
 
-        def write(conn: Any) -> None:
+        def write(conn: Any) -> tuple[int, bool]:
             row = conn.execute(
                 "SELECT COALESCE(MAX(seq) + 1, 0), COALESCE(MAX(timestamp), 0) "
                 "FROM events WHERE sender_id = ?",
@@ -60,10 +80,11 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
             ).fetchone()
             next_seq, last_ts = row
             start = next_seq - first_seq
-            if 0 <= start <= len(events):
-                new = events[start:]
+            aligned = 0 <= start <= len(events)
+            if aligned:
+                new = [e.as_dict() for e in events[start:]]
             else:  # the tracker was not retrieved from here: fall back to time
-                new = [e for e in events if e["timestamp"] > last_ts]
+                new = [d for d in (e.as_dict() for e in events) if d["timestamp"] > last_ts]
             conn.executemany(
                 "INSERT INTO events (sender_id, seq, type_name, timestamp, data) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -78,8 +99,13 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
                     for i, e in enumerate(new)
                 ],
             )
+            return next_seq + len(new), aligned
 
-        await self.db.run(write)
+        next_seq, aligned = await self.db.run(write)
+        if aligned:
+            self._remember(tracker, next_seq)
+        else:
+            self._hot.pop(tracker.sender_id, None)
 
     async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
         def read(conn: Any) -> list[tuple[int, str]]:
@@ -105,7 +131,20 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
         return tracker
 
     async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
-        return await self._load(sender_id, full=False)
+        hot = self._hot.pop(sender_id, None)
+        if hot is not None:
+            tracker, next_seq = hot
+            row = await self.db.fetchone(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE sender_id = ?", (sender_id,)
+            )
+            unsaved = len(tracker.events) != next_seq - getattr(tracker, _BASE, 0)
+            if row is not None and row[0] == next_seq and not unsaved:
+                self._remember(tracker, next_seq)
+                return tracker
+        tracker = await self._load(sender_id, full=False)
+        if tracker is not None:
+            self._remember(tracker, getattr(tracker, _BASE) + len(tracker.events))
+        return tracker
 
     async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
         return await self._load(conversation_id, full=True)
@@ -123,7 +162,9 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
 class MemoryTrackerStore(InMemoryTrackerStore):
     """Rasa's in-memory store (conversations are lost on restart)."""
 
-    def __init__(self, db: SQLite, domain: Optional[Domain] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, db: SQLite, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(domain or Domain.empty(), **kwargs)
 
     async def setup(self) -> None:
@@ -134,3 +175,9 @@ TRACKER_STORES: dict[str, type[TrackerStore]] = {
     "sqlite": SQLiteTrackerStore,
     "memory": MemoryTrackerStore,
 }
+
+
+def make_tracker_store(settings: Settings, db: SQLite) -> TrackerStore:
+    """The tracker store named by ``store.tracker_store``."""
+    cls = TRACKER_STORES[settings.store.tracker_store]
+    return cls(db, cache_size=settings.store.tracker_cache)

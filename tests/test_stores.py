@@ -213,3 +213,38 @@ async def test_two_instances_sharing_redis_process_a_redelivery_once(
     bodies = [m.body for m in twilio_api.sent[1:]]
     assert "order number" in bodies[0].lower() and "shipped" in bodies[1].lower()
     await aioredis.from_url(env["HABLA_REDIS_URL"]).flushdb()
+
+
+async def test_tracker_cache_serves_hot_conversations_and_notices_other_writers(
+    tmp_path: Path,
+) -> None:
+    db = SQLite(tmp_path / "t.sqlite3")
+    store = SQLiteTrackerStore(db, DOMAIN, cache_size=10)
+    await store.setup()
+    tracker = await store.get_or_create_tracker("u1")
+    tracker.update(UserUttered("hi"))
+    await store.save(tracker)
+    hot = await store.retrieve("u1")
+    assert hot is tracker  # hot: no deserialisation
+
+    # a turn that changed the tracker but failed before saving: reload from the table
+    tracker.update(BotUttered("never saved"))
+    fresh = await store.retrieve("u1")
+    assert fresh is not tracker and fresh is not None
+    assert not any(isinstance(e, BotUttered) for e in fresh.events)
+
+    # another process (its own connection and cache) appends: the stale copy is dropped
+    other_db = SQLite(tmp_path / "t.sqlite3")
+    other = SQLiteTrackerStore(other_db, DOMAIN, cache_size=10)
+    theirs = await other.retrieve("u1")
+    assert theirs is not None
+    theirs.update(SlotSet("order_number", "XY98765"))
+    await other.save(theirs)
+    ours = await store.retrieve("u1")
+    assert ours is not None and ours.get_slot("order_number") == "XY98765"
+    ours.update(BotUttered("after"))
+    await store.save(ours)
+    rows = await db.fetchall("SELECT type_name FROM events WHERE sender_id = 'u1' ORDER BY seq")
+    assert [r[0] for r in rows][-3:] == ["user", "slot", "bot"]
+    await other_db.close()
+    await db.close()

@@ -1,0 +1,82 @@
+"""The Rasa engine seam: parse cache, action-response validation, worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import ValidationError
+from rasa.core.actions.action import RemoteAction
+
+from nlu.engine import RasaEngine
+from nlu.parse_cache import install_parse_cache
+from nlu.pool import WorkerPoolEngine
+from runtime.messages import InboundMessage
+from runtime.settings import load_settings
+from tests.conftest import base_env
+
+
+class _Msg:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def test_parse_cache_parses_a_text_once_and_hands_out_copies() -> None:
+    calls: list[str] = []
+
+    class Processor:
+        def _parse_message_with_graph(self, message: Any, tracker: Any, only: bool = True) -> Any:
+            calls.append(message.text)
+            return {"text": message.text, "intent": {"name": "greet"}, "entities": []}
+
+    p = Processor()
+    install_parse_cache(p, size=2)
+    first = p._parse_message_with_graph(_Msg("hi"), None)
+    first["entities"].append("mutated by a caller")
+    second = p._parse_message_with_graph(_Msg("hi"), None)
+    assert second == {"text": "hi", "intent": {"name": "greet"}, "entities": []}
+    assert calls == ["hi"]
+    p._parse_message_with_graph(_Msg("a"), None)
+    p._parse_message_with_graph(_Msg("b"), None)  # evicts "hi" (LRU of 2)
+    p._parse_message_with_graph(_Msg("hi"), None)
+    assert calls == ["hi", "a", "b", "hi"]
+    p._parse_message_with_graph(_Msg("hi"), None, False)  # full output is never cached
+    assert calls[-1] == "hi" and len(calls) == 5
+
+
+async def test_action_responses_are_still_validated(engine: RasaEngine) -> None:
+    action = RemoteAction("action_x", None)
+    assert action._validate_action_result({"events": [], "responses": []})
+    with pytest.raises(ValidationError, match="Failed to validate Action server response"):
+        action._validate_action_result({"events": [{"no_event_key": 1}]})
+
+
+async def test_worker_processes_run_turns_and_keep_each_conversation_on_one(
+    model_path: Path, tmp_path: Path
+) -> None:
+    env = base_env(tmp_path / "data") | {"HABLA_MODEL": str(model_path)}
+    settings = load_settings(env=env)
+    pool = WorkerPoolEngine(model_path, settings, workers=2)
+    await pool.load()
+    try:
+        pids = {w.process.pid for w in pool.workers}
+        assert len(pids) == 2
+        say = lambda conv, text: pool.handle(  # noqa: E731
+            InboundMessage(channel="rest", conversation_id=conv, text=text)
+        )
+        assert "order number" in (await say("a", "where is my order?"))[0].text.lower()
+        assert "Monday" in (await say("b", "opening hours"))[0].text
+        assert "shipped" in (await say("a", "AB12345"))[0].text.lower()
+        assert pool._worker("a") is pool._worker("a")
+
+        # a worker that dies is restarted on the next message; state is in the store
+        victim = pool._worker("a")
+        victim.process.kill()
+        victim.process.join(10)
+        replies = await say("a", "when are you open?")
+        assert "Monday" in replies[0].text
+        assert victim.process.pid not in pids
+    finally:
+        await pool.close()
+    assert all(not w.process.is_alive() for w in pool.workers)
