@@ -1,7 +1,7 @@
 # Two commands: `make run` serves the example bot, `make test` runs everything.
 # Only Python 3.10 (and a package registry) is needed: uv is bootstrapped into .tools/.
 
-PYTHON ?= $(shell command -v python3.10 || command -v python3)
+PYTHON ?= $(shell command -v python3.10 || ls -d $$HOME/.pyenv/versions/3.10*/bin/python3.10 2>/dev/null | tail -n 1 || command -v python3)
 UV := .tools/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
