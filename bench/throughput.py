@@ -61,6 +61,9 @@ def free_port() -> int:
 
 async def start(cmd: list[str], env: dict[str, str], ready: str, timeout: float = 240.0) -> Any:
     """Start a process and wait for a line containing ``ready`` in its output."""
+    # Importing Rasa (through Sanic) installs uvloop's policy, which has no child watcher.
+    if type(asyncio.get_event_loop_policy()) is not asyncio.DefaultEventLoopPolicy:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         cwd=PROJECT,
