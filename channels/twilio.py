@@ -141,7 +141,10 @@ class TwilioOutput(OutputChannel):
     async def _create(self, **params: Any) -> str:
         assert self.client is not None, "TwilioOutput.start() was not awaited"
         try:
-            message = await self.client.messages.create_async(**params)
+            # the SDK's async client does not apply its own timeout: enforce it here
+            message = await asyncio.wait_for(
+                self.client.messages.create_async(**params), self.settings.send.timeout_s
+            )
         except TwilioRestException as e:
             reason = f"twilio {e.status} error {e.code}: {e.msg}"
             if e.status == 429 or e.status >= 500:

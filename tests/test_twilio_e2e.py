@@ -163,6 +163,37 @@ async def test_transient_send_failures_are_retried_and_delivered_once(chat: Chat
     assert [(h["status"], h["attempts"]) for h in history] == [("sent", 3)]
 
 
+async def test_a_send_that_times_out_is_retried(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, tmp_path: Path
+) -> None:
+    client, runtime = await make_server(
+        env={
+            "HABLA_TWILIO_API_BASE": twilio_api.url,
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "HABLA_SEND_TIMEOUT_S": "0.3",
+        },
+        data_dir=tmp_path / "timeouts",
+    )
+    twilio_api.delays = [2.0]  # the first request stalls past the timeout
+    chat = Chat(client, runtime, twilio_api)
+    sent = await chat.say("when are you open?")
+    assert len(sent) == 1 and "Monday" in sent[0].body
+    assert twilio_api.attempts == 2
+    history = await runtime.deliveries.history(USER)
+    assert [(h["status"], h["attempts"]) for h in history] == [("sent", 2)]
+
+
+async def test_media_without_text_gets_the_fallback(chat: Chat) -> None:
+    sent = await chat.say(
+        "",
+        NumMedia="1",
+        MediaUrl0="https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
+        MediaContentType0="audio/ogg",
+    )
+    assert len(sent) == 1 and "Sorry" in sent[0].body
+
+
 async def test_a_permanent_send_failure_is_recorded_with_its_reason(chat: Chat) -> None:
     chat.api.fail_next(400, 63016, "Outside the allowed window")
     assert await chat.say("when are you open?") == []

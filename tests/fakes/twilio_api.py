@@ -37,7 +37,7 @@ class FakeTwilioAPI:
         self.rejected_auth = 0
         self.failures: list[tuple[int, int, str]] = []  # (http status, twilio code, message)
         self.attempts = 0
-        self.delay_s = 0.0
+        self.delays: list[float] = []  # seconds to stall the next requests, one each
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self.runner: web.AppRunner | None = None
@@ -81,8 +81,8 @@ class FakeTwilioAPI:
         if request.match_info["sid"] != self.account_sid:
             return self._error(404, 20404, "The requested resource was not found")
         form = await request.post()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.delays:
+            await asyncio.sleep(self.delays.pop(0))
         if self.failures:
             return self._error(*self.failures.pop(0))
         if not form.get("To") or not (form.get("From") or form.get("MessagingServiceSid")):
