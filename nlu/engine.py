@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,16 @@ class RasaEngine(Engine):
 
         speedups.install()
 
-        self.agent = await asyncio.to_thread(
-            Agent.load,
-            str(self.model_path),
-            lock_store=InMemoryLockStore(),
-            action_endpoint=self.action_endpoint,
-        )
+        def load() -> Any:
+            # TensorFlow and Keras warn at import (and reset filters): record, don't print
+            with warnings.catch_warnings(record=True):
+                return Agent.load(
+                    str(self.model_path),
+                    lock_store=InMemoryLockStore(),
+                    action_endpoint=self.action_endpoint,
+                )
+
+        self.agent = await asyncio.to_thread(load)
         install_parse_cache(self.agent.processor, self.parse_cache)
         logger.info("loaded model %s", self.model_path.name)
 

@@ -8,14 +8,31 @@ import logging
 import os
 import signal
 import sys
+import warnings
 
 from runtime.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("habla")
 
 
-def configure_logging(level: str) -> None:
+def quiet_imports() -> None:
+    """Rasa's dependencies warn loudly at import; none of it is actionable by authors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    warnings.filterwarnings("ignore", message="Slot auto-fill has been removed")
+    warnings.filterwarnings("ignore", message="Deprecated API features detected")
+
+
+def configure_logging(level: str) -> None:
+    quiet_imports()
+    # record (not print) what these imports warn, and drop the filters they install
+    with warnings.catch_warnings(record=True):
+        import rasa.api  # TensorFlow, Keras, Sanic, matplotlib...
+        import rasa.core.agent  # noqa: F401
+
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -75,14 +92,14 @@ async def serve(s: Settings) -> None:
     from runtime.app import RUNTIME, create_app
 
     app = create_app(s)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
     await runner.setup()  # loads the model and opens the stores
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, s.server.host, s.server.port, shutdown_timeout=10)
+        site = web.TCPSite(runner, s.server.host, s.server.port)
         await site.start()
         base = f"http://{s.server.host}:{s.server.port}"
         runtime = app[RUNTIME]
@@ -169,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("settings", help="print the table of settings")
     p.set_defaults(func=cmd_settings)
     args = parser.parse_args(argv)
+    quiet_imports()
     return int(args.func(args) or 0)
 
 
