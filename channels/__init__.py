@@ -7,8 +7,11 @@ import importlib
 from channels.base import ChannelServices, InputChannel, OutputChannel
 from channels.rest import RestChannel
 from channels.twilio import TwilioChannel
+from channels.whatsapp import WhatsAppChannel
 
-CHANNELS: dict[str, type[InputChannel]] = {c.name: c for c in (RestChannel, TwilioChannel)}
+CHANNELS: dict[str, type[InputChannel]] = {
+    c.name: c for c in (RestChannel, TwilioChannel, WhatsAppChannel)
+}
 
 
 def channel_class(name: str) -> type[InputChannel]:

@@ -29,11 +29,17 @@ class OutputChannel(ABC):
     can do better (as Rasa's ``OutputChannel`` does).
     """
 
-    renders_buttons_as_text: ClassVar[bool] = True
-
     @abstractmethod
     async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
         """Send one reply to the sender of ``msg``; one delivery per provider message."""
+
+    def numbers_choices(self, reply: BotReply) -> bool:
+        """Whether this reply's buttons are shown as numbered text (so "2" must map back)."""
+        return bool(reply.buttons)
+
+    async def acknowledge(self, msg: InboundMessage) -> None:
+        """Tell the provider the message was seen (read receipts); optional."""
+        return None
 
     @staticmethod
     def numbered_text(reply: BotReply) -> str:
@@ -54,6 +60,10 @@ class ChannelServices:
     """Run a turn now and return its replies (for request/response channels)."""
     delivery_status: Callable[[str, str, str, str], Awaitable[bool]]
     """Store a provider's delivery status report (id, status, error code, error)."""
+    conversation_id: Callable[[str, str], str]
+    """The conversation key for a channel and a sender's address (E.164 or id)."""
+    last_inbound: Callable[[str, str], Awaitable[float | None]]
+    """When a conversation last wrote on a channel (epoch seconds), if known."""
 
 
 class InputChannel(ABC):

@@ -43,10 +43,11 @@ def is_local_dev(settings: Settings) -> bool:
 class CollectingOutput(OutputChannel):
     """Replies are returned in the HTTP response; buttons stay structured."""
 
-    renders_buttons_as_text = False
-
     def __init__(self) -> None:
         self.replies: list[BotReply] = []
+
+    def numbers_choices(self, reply: BotReply) -> bool:
+        return False
 
     async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
         self.replies.append(reply)

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -112,8 +113,6 @@ def parse_message(form: Mapping[str, str]) -> InboundMessage:
 
 class TwilioOutput(OutputChannel):
     """Sends through Twilio's Messages API with the SDK's async HTTP client."""
-
-    renders_buttons_as_text = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -234,6 +233,7 @@ class TwilioChannel(InputChannel):
             msg = parse_message(form)
         except BadRequest as e:
             raise web.HTTPBadRequest(text=str(e)) from e
+        msg = replace(msg, conversation_id=self.services.conversation_id(self.name, msg.sender))
         if not await self.services.accept(msg, self.sender):
             logger.info(
                 "twilio: duplicate %s from %s ignored", msg.message_id, mask_phone(msg.sender)

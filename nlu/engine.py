@@ -103,6 +103,8 @@ class RasaEngine(Engine):
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
         from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
 
+        if msg.slots:
+            await self._set_slots(msg.conversation_id, msg.slots)
         output = CollectingOutputChannel()
         user_message = UserMessage(
             text=msg.button_payload or msg.text,
@@ -114,3 +116,19 @@ class RasaEngine(Engine):
         )
         await self.agent.processor.handle_message(user_message)
         return [BotReply.from_rasa(m) for m in output.messages]
+
+    async def _set_slots(self, conversation_id: str, values: dict[str, Any]) -> None:
+        """Slots the runtime knows (e.g. the WhatsApp window), if the domain declares them."""
+        from rasa.shared.core.events import SlotSet
+
+        known = {slot.name for slot in self.agent.domain.slots}
+        tracker = await self.tracker_store.get_or_create_tracker(conversation_id)
+        events = [
+            SlotSet(name, value)
+            for name, value in values.items()
+            if name in known and tracker.get_slot(name) != value
+        ]
+        if events:
+            for event in events:
+                tracker.update(event)
+            await self.tracker_store.save(tracker)

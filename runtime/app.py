@@ -36,7 +36,7 @@ from runtime.messages import BotReply, InboundMessage, mask_phone
 from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
 from runtime.tracker_store import make_tracker_store
-from runtime.turn import Deliver, Dialogue, ResolveChoice, Turn
+from runtime.turn import Acknowledge, Deliver, Dialogue, ResolveChoice, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class Runtime:
             accept=self.accept,
             run_turn=self.run_turn,
             delivery_status=self.deliveries.status,
+            conversation_id=self.conversation_id,
+            last_inbound=self.last_inbound,
         )
         self.channels: dict[str, InputChannel] = {}
         self.closed_channels: dict[str, list[str]] = {}
@@ -99,6 +101,15 @@ class Runtime:
                 self.channels[cls.name] = cls(services)
         if problems:
             raise SettingsError(problems)
+
+    def conversation_id(self, channel: str, address: str) -> str:
+        """One conversation per person (E.164 number) unless settings keep channels apart."""
+        if self.settings.server.conversation_scope == "channel":
+            return f"{channel}:{address}"
+        return address
+
+    async def last_inbound(self, channel: str, conversation_id: str) -> float | None:
+        return await self.inbox.last_inbound(channel, conversation_id)
 
     @property
     def inbox(self) -> Inbox:
@@ -147,7 +158,12 @@ class Runtime:
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
         self._turn = Turn(
-            [ResolveChoice(choices), Dialogue(self.engine), Deliver(self.deliveries, choices)],
+            [
+                Acknowledge(),
+                ResolveChoice(choices),
+                Dialogue(self.engine),
+                Deliver(self.deliveries, choices),
+            ],
             self._locks,
             self.inbox,
         )

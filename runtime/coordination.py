@@ -104,6 +104,10 @@ class Inbox(ABC):
     async def pending(self, older_than_s: float = 0.0) -> list[InboundMessage]:
         """Accepted messages whose turn never ended (e.g. the process died)."""
 
+    @abstractmethod
+    async def last_inbound(self, channel: str, conversation_id: str) -> float | None:
+        """When the conversation's latest message on ``channel`` was accepted."""
+
     async def close(self) -> None:
         return None
 
@@ -119,6 +123,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     PRIMARY KEY (channel, message_id)
 );
 CREATE INDEX IF NOT EXISTS inbox_status ON inbox (status, received_at);
+CREATE INDEX IF NOT EXISTS inbox_conversation ON inbox (conversation_id, channel, received_at);
 """
 
 
@@ -167,6 +172,13 @@ class SQLiteInbox(Inbox):
         )
         return [InboundMessage.from_json(r[0]) for r in rows]
 
+    async def last_inbound(self, channel: str, conversation_id: str) -> float | None:
+        row = await self.db.fetchone(
+            "SELECT MAX(received_at) FROM inbox WHERE conversation_id = ? AND channel = ?",
+            (conversation_id, channel),
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
 
 class RedisInbox(Inbox):
     """``SET NX EX`` per message id; pending messages in one hash until done."""
@@ -185,6 +197,11 @@ class RedisInbox(Inbox):
         if not first:
             return False
         await self.redis.hset(f"{self.prefix}:pending", key, msg.to_json())
+        await self.redis.set(
+            f"{self.prefix}:last:{msg.channel}:{msg.conversation_id}",
+            str(time.time()),
+            ex=self.ttl_s,
+        )
         return True
 
     async def done(self, msg: InboundMessage, status: str = "done") -> None:
@@ -196,6 +213,10 @@ class RedisInbox(Inbox):
         cutoff = time.time() - older_than_s
         msgs = [InboundMessage.from_json(v) for v in raw.values()]
         return sorted((m for m in msgs if m.received_at <= cutoff), key=lambda m: m.received_at)
+
+    async def last_inbound(self, channel: str, conversation_id: str) -> float | None:
+        raw = await self.redis.get(f"{self.prefix}:last:{channel}:{conversation_id}")
+        return float(raw) if raw else None
 
     async def close(self) -> None:
         await self.redis.close()

@@ -10,10 +10,18 @@ from typing import Any
 
 @dataclass(frozen=True)
 class MediaRef:
-    """A piece of media the user sent, not yet downloaded."""
+    """A piece of media the user sent, not yet downloaded.
 
-    url: str
+    Twilio gives a URL; the WhatsApp Cloud API gives a media id (resolved to a URL
+    with the access token when it is downloaded).
+    """
+
+    url: str = ""
     content_type: str = ""
+    media_id: str = ""
+    kind: str = ""  # image, video, audio, voice, document, sticker
+    caption: str = ""
+    filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class InboundMessage:
     button_payload: str = ""
     received_at: float = field(default_factory=time.time)
     metadata: dict[str, Any] = field(default_factory=dict)
+    slots: dict[str, Any] = field(default_factory=dict)
+    """Slots the runtime sets before Rasa sees the message (if the domain has them)."""
 
     def with_text(self, text: str) -> InboundMessage:
         return replace(self, text=text)

@@ -59,10 +59,17 @@ class ServerSettings:
         "Empty: the URL of the incoming request.",
     )
     channels: str = setting(
-        "rest,twilio",
+        "rest,twilio,whatsapp",
         "HABLA_CHANNELS",
         "Comma-separated channels to serve (built-in names, or a dotted path to a "
         "custom InputChannel class).",
+    )
+    conversation_scope: str = setting(
+        "person",
+        "HABLA_CONVERSATION_SCOPE",
+        "person: one conversation per phone number across WhatsApp (Twilio and Cloud "
+        "API) and SMS; channel: a separate conversation per channel.",
+        choices=("person", "channel"),
     )
     log_level: str = setting(
         "INFO",
@@ -188,6 +195,65 @@ class TwilioSettings:
 
 
 @dataclass(frozen=True)
+class WhatsAppSettings:
+    phone_number_id: str = setting(
+        "",
+        "HABLA_WHATSAPP_PHONE_NUMBER_ID",
+        "Cloud API phone-number ID the bot sends from (Meta app → WhatsApp → API setup).",
+    )
+    access_token: str = setting(
+        "",
+        "WHATSAPP_ACCESS_TOKEN",
+        "Cloud API access token (a system-user token in production).",
+        secret=True,
+    )
+    app_secret: str = setting(
+        "",
+        "WHATSAPP_APP_SECRET",
+        "Meta app secret: webhooks are verified with X-Hub-Signature-256 against it.",
+        secret=True,
+    )
+    verify_token: str = setting(
+        "",
+        "WHATSAPP_VERIFY_TOKEN",
+        "The token you type in the webhook settings; the GET handshake must present it.",
+        secret=True,
+    )
+    api_version: str = setting(
+        "v21.0", "HABLA_WHATSAPP_API_VERSION", "Graph API version used for sending."
+    )
+    api_base: str = setting(
+        "https://graph.facebook.com",
+        "HABLA_WHATSAPP_API_BASE",
+        "Base URL of the Graph API (tests point it at a local fake).",
+    )
+    mark_as_read: bool = setting(
+        True, "HABLA_WHATSAPP_MARK_AS_READ", "Mark each incoming message as read."
+    )
+    template: str = setting(
+        "",
+        "HABLA_WHATSAPP_TEMPLATE",
+        "Approved template sent instead of a free-form reply outside the 24-hour "
+        "customer-service window (or when Meta asks for re-engagement, error 131047). "
+        "Empty: such replies are recorded as failed.",
+    )
+    template_language: str = setting(
+        "en", "HABLA_WHATSAPP_TEMPLATE_LANGUAGE", "Language code of that template."
+    )
+    template_params: str = setting(
+        "",
+        "HABLA_WHATSAPP_TEMPLATE_PARAMS",
+        "Body parameters of the template, separated by '|'; {profile_name} is replaced "
+        "by the user's WhatsApp name.",
+    )
+    window_hours: float = setting(
+        24.0,
+        "HABLA_WHATSAPP_WINDOW_HOURS",
+        "Length of the customer-service window after the user's last message.",
+    )
+
+
+@dataclass(frozen=True)
 class RestSettings:
     token: str = setting(
         "",
@@ -223,6 +289,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
+    whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
     rest: RestSettings = field(default_factory=RestSettings)
     send: SendSettings = field(default_factory=SendSettings)
 
@@ -277,6 +344,7 @@ SECTIONS: dict[str, type] = {
     "engine": EngineSettings,
     "store": StoreSettings,
     "twilio": TwilioSettings,
+    "whatsapp": WhatsAppSettings,
     "rest": RestSettings,
     "send": SendSettings,
 }
@@ -368,6 +436,7 @@ def _validate(s: Settings) -> list[str]:
         ("server.public_url (HABLA_PUBLIC_URL)", s.server.public_url),
         ("bot.action_endpoint (HABLA_ACTION_ENDPOINT)", s.bot.action_endpoint),
         ("twilio.api_base (HABLA_TWILIO_API_BASE)", s.twilio.api_base),
+        ("whatsapp.api_base (HABLA_WHATSAPP_API_BASE)", s.whatsapp.api_base),
     ):
         if url:
             parsed = urlparse(url)
@@ -392,8 +461,13 @@ def _validate(s: Settings) -> list[str]:
         problems.append("send.max_attempts (HABLA_SEND_MAX_ATTEMPTS): must be at least 1")
     if s.send.backoff_s < 0 or s.send.timeout_s <= 0:
         problems.append("send.backoff_s must be >= 0 and send.timeout_s > 0")
-    if s.store.dedupe_ttl_s < 60:
-        problems.append("store.dedupe_ttl_s (HABLA_DEDUPE_TTL_S): at least 60 seconds")
+    if s.store.dedupe_ttl_s < 86400:
+        problems.append(
+            "store.dedupe_ttl_s (HABLA_DEDUPE_TTL_S): at least 86400 seconds (it also "
+            "holds the last message time behind WhatsApp's 24-hour window)"
+        )
+    if not 0 < s.whatsapp.window_hours <= 24 * 7:
+        problems.append("whatsapp.window_hours (HABLA_WHATSAPP_WINDOW_HOURS): 0 < hours <= 168")
     if not (Path(s.bot.dir) / "domain.yml").exists() and not s.bot.model:
         problems.append(f"bot.dir (HABLA_BOT_DIR): no domain.yml in {Path(s.bot.dir).resolve()}")
     return problems

@@ -1,6 +1,7 @@
 """One turn: a short list of stages run under the conversation's lock.
 
-    inbound ─► resolve a numbered/titled choice ─► Rasa (NLU, dialogue, actions)
+    inbound ─► acknowledge (read receipt) ─► resolve a numbered/titled choice
+            ─► Rasa (NLU, dialogue, actions)
             ─► deliver on the channel (retrying transient failures) ─► record
 
 Later stages (media download, speech-to-text, language, translation) slot into the
@@ -62,12 +63,23 @@ class ResolveChoice:
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
         msg = ctx.inbound
-        if not ctx.output.renders_buttons_as_text or msg.button_payload or not msg.text:
+        if msg.button_payload or not msg.text or len(msg.text) > 40:
             return ctx
         button = match_choice(msg.text, await self.choices.recall(msg.conversation_id))
         if button is None:
             return ctx
         return replace(ctx, inbound=replace(msg, button_payload=button.payload))
+
+
+class Acknowledge:
+    """Read receipts where the channel has them (best effort: never fails a turn)."""
+
+    async def __call__(self, ctx: TurnContext) -> TurnContext:
+        try:
+            await ctx.output.acknowledge(ctx.inbound)
+        except Exception as e:
+            logger.info("could not acknowledge %s: %s", ctx.inbound.message_id, e)
+        return ctx
 
 
 class Dialogue:
@@ -87,9 +99,10 @@ class Deliver:
         self.log, self.choices = log, choices
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
-        if ctx.output.renders_buttons_as_text:
-            shown = next((r.buttons for r in reversed(ctx.replies) if r.buttons), ())
-            await self.choices.remember(ctx.inbound.conversation_id, shown)
+        numbered = [r for r in ctx.replies if ctx.output.numbers_choices(r)]
+        await self.choices.remember(
+            ctx.inbound.conversation_id, numbered[-1].buttons if numbered else ()
+        )
         deliveries = []
         for reply in ctx.replies:
             for delivery in await ctx.output.send(ctx.inbound, reply):

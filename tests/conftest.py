@@ -26,6 +26,7 @@ from nlu.engine import RasaEngine
 from nlu.training import ensure_model
 from runtime.app import RUNTIME, Runtime, create_app
 from runtime.settings import load_settings
+from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.twilio_api import FakeTwilioAPI
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,10 @@ ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "test-auth-token-1234567890abcdef"
 PUBLIC_URL = "https://bot.example.com"
 BOT_NUMBER = "whatsapp:+14155238886"
+WA_TOKEN = "EAAG-test-access-token"
+WA_APP_SECRET = "test-app-secret-0123456789"
+WA_VERIFY_TOKEN = "verify-me"
+WA_PHONE_ID = "1122334455667"
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +139,24 @@ def base_env(data_dir: Path, twilio_url: str = "") -> dict[str, str]:
             "HABLA_TWILIO_API_BASE": twilio_url,
         }
     return env
+
+
+@pytest.fixture
+async def graph_api() -> AsyncIterator[FakeGraphAPI]:
+    fake = FakeGraphAPI(WA_TOKEN, WA_PHONE_ID)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+def whatsapp_env(graph_url: str) -> dict[str, str]:
+    return {
+        "HABLA_WHATSAPP_PHONE_NUMBER_ID": WA_PHONE_ID,
+        "WHATSAPP_ACCESS_TOKEN": WA_TOKEN,
+        "WHATSAPP_APP_SECRET": WA_APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": WA_VERIFY_TOKEN,
+        "HABLA_WHATSAPP_API_BASE": graph_url,
+    }
 
 
 ServerFactory = Callable[..., Awaitable[tuple[TestClient, Runtime]]]
