@@ -19,6 +19,7 @@ from nlu.actions import endpoint_from_settings
 from nlu.engine import Engine, RasaEngine
 from nlu.pool import WorkerPoolEngine
 from nlu.training import ensure_model
+from runtime.admin import AdminAPI
 from runtime.coordination import (
     Choices,
     ConversationLocks,
@@ -129,7 +130,8 @@ class Runtime:
             routes += channel_class(name).closed_routes()
         for channel in self.channels.values():
             routes += channel.routes()
-        return routes
+        admin = AdminAPI(self.settings.rest.admin_token, self.db, self.deliveries)
+        return routes + admin.routes()
 
     def urls(self, base: str) -> dict[str, list[str]]:
         """Every webhook URL by channel, and whether it is open."""

@@ -90,10 +90,21 @@ class DeliveryLog:
             (conversation_id,),
         )
         keys = ("channel", "provider_id", "status", "error", "attempts", "body", "created_at")
+        trail = await self.db.fetchall(
+            "SELECT s.provider_id, s.status, s.error_code, s.error, s.at FROM delivery_status s "
+            "JOIN outbound o ON o.provider_id = s.provider_id WHERE o.conversation_id = ? "
+            "ORDER BY s.at",
+            (conversation_id,),
+        )
         out = []
         for row in rows:
             item = dict(zip(keys, row, strict=True))
             item["body"] = json.loads(item["body"])
+            item["statuses"] = [
+                {"status": t[1], "error_code": t[2], "error": t[3], "at": t[4]}
+                for t in trail
+                if t[0] and t[0] == item["provider_id"]
+            ]
             out.append(item)
         return out
 

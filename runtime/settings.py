@@ -263,6 +263,13 @@ class RestSettings:
         "otherwise they answer 403.",
         secret=True,
     )
+    admin_token: str = setting(
+        "",
+        "HABLA_ADMIN_TOKEN",
+        "Bearer token for the operator API (/api/conversations/<id>: messages and "
+        "delivery statuses). Unset: the operator API answers 403.",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True)

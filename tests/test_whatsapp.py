@@ -460,3 +460,33 @@ async def test_without_secrets_the_channel_fails_closed(
     )
     assert get.status == 403
     assert (await post(client, envelope([text_msg("1", "hi")]))).status == 403
+
+
+async def test_operator_api_shows_messages_and_delivery_statuses(
+    make_server: ServerFactory, graph_api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    env = whatsapp_env(graph_api.url) | {"HABLA_ADMIN_TOKEN": "ops-token"}
+    client, runtime = await make_server(env=env, data_dir=tmp_path / "ops")
+    wa = WA(client, runtime, graph_api)
+    [greet] = await wa.say("hello")
+    failed = {
+        "id": greet["_wamid"],
+        "status": "failed",
+        "timestamp": "2",
+        "recipient_id": wa.user,
+        "errors": [{"code": 131026, "title": "Message undeliverable"}],
+    }
+    assert (await post(client, envelope(statuses=[failed]))).status == 200
+    url = f"/api/conversations/+{wa.user}"
+    assert (await client.get(url)).status == 403
+    assert (await client.get(url, headers={"Authorization": "Bearer nope"})).status == 403
+    resp = await client.get(url, headers={"Authorization": "Bearer ops-token"})
+    data = await resp.json()
+    assert [(m["from"], m["text"]) for m in data["messages"]][:2] == [
+        ("user", "hello"),
+        ("bot", "Hi! I'm the shop assistant. How can I help?"),
+    ]
+    assert data["messages"][0]["channel"] == "whatsapp"
+    [delivery] = data["deliveries"]
+    assert delivery["provider_id"] == greet["_wamid"] and delivery["status"] == "failed"
+    assert delivery["statuses"][0]["error_code"] == "131026"

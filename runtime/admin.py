@@ -1,0 +1,64 @@
+"""The operator API: what a conversation said and what happened to every reply.
+
+``GET /api/conversations/{conversation_id}`` with ``Authorization: Bearer
+$HABLA_ADMIN_TOKEN`` returns the user's and bot's messages (from the conversation
+store) and every outbound message with its delivery status trail (sent, delivered,
+read, failed with the provider's code and reason). Without a configured token it
+answers 403 to everything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from aiohttp import web
+
+from runtime.deliveries import DeliveryLog
+from runtime.sqlite import SQLite
+
+
+class AdminAPI:
+    def __init__(self, token: str, db: SQLite, deliveries: DeliveryLog) -> None:
+        self.token, self.db, self.deliveries = token, db, deliveries
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/conversations/{conversation_id}", self.conversation)]
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return bool(self.token) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def _messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        exists = await self.db.fetchone(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+        )
+        if exists is None:  # the memory tracker store keeps nothing here
+            return []
+        rows = await self.db.fetchall(
+            "SELECT data FROM events WHERE sender_id = ? AND type_name IN ('user', 'bot') "
+            "ORDER BY seq",
+            (conversation_id,),
+        )
+        out = []
+        for (raw,) in rows:
+            event = json.loads(raw)
+            item = {"from": event["event"], "text": event.get("text"), "at": event.get("timestamp")}
+            if event["event"] == "user":
+                item["intent"] = (event.get("parse_data") or {}).get("intent", {}).get("name")
+                item["channel"] = event.get("input_channel")
+            out.append(item)
+        return out
+
+    async def conversation(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            raise web.HTTPForbidden(text="missing or wrong admin token")
+        conversation_id = request.match_info["conversation_id"]
+        return web.json_response(
+            {
+                "conversation_id": conversation_id,
+                "messages": await self._messages(conversation_id),
+                "deliveries": await self.deliveries.history(conversation_id),
+            }
+        )
