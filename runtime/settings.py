@@ -134,6 +134,61 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class I18nSettings:
+    languages: str = setting(
+        "en,es,pt",
+        "HABLA_LANGUAGES",
+        "Languages the bot speaks (ISO 639-1, comma-separated); detection chooses among "
+        "them. The first is the default.",
+    )
+    detector: str = setting(
+        "lingua",
+        "HABLA_LANGUAGE_DETECTOR",
+        "Language detector: lingua (default: more accurate on short texts) or langdetect.",
+        choices=("lingua", "langdetect"),
+    )
+    switch_confidence: float = setting(
+        0.9,
+        "HABLA_LANGUAGE_SWITCH_CONFIDENCE",
+        "Confidence a message needs to switch a conversation away from its language "
+        "(short or ambiguous messages keep it).",
+    )
+    translator: str = setting(
+        "",
+        "HABLA_TRANSLATOR",
+        "Machine translation for replies without an authored variant and for NLU of "
+        "languages without training data: google, azure, deepl, libretranslate, or "
+        "empty (authored languages only).",
+        choices=("", "google", "azure", "deepl", "libretranslate"),
+    )
+    translator_url: str = setting(
+        "",
+        "HABLA_TRANSLATOR_URL",
+        "Endpoint of the translator (empty: the provider's public endpoint; for Google "
+        "a host:port of the gRPC endpoint).",
+    )
+    translator_key: str = setting(
+        "",
+        "HABLA_TRANSLATOR_KEY",
+        "API key of the translator (Azure, DeepL, LibreTranslate); Google uses "
+        "Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS).",
+        secret=True,
+    )
+    translator_region: str = setting(
+        "", "HABLA_TRANSLATOR_REGION", "Azure Translator resource region (e.g. westeurope)."
+    )
+    google_project: str = setting(
+        "", "HABLA_GOOGLE_PROJECT", "Google Cloud project id used for translation."
+    )
+    nlu_languages: str = setting(
+        "en,es,pt",
+        "HABLA_NLU_LANGUAGES",
+        "Languages the NLU training data covers; other languages are translated to the "
+        "default language before NLU (when a translator is configured).",
+    )
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     data_dir: str = setting(
         ".habla",
@@ -294,6 +349,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    i18n: I18nSettings = field(default_factory=I18nSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
@@ -312,6 +368,11 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.path(self.bot.models_dir)
+
+    @property
+    def languages(self) -> list[str]:
+        """Configured languages, the default first."""
+        return [c.strip().lower() for c in self.i18n.languages.split(",") if c.strip()]
 
     @property
     def public_base(self) -> str:
@@ -349,6 +410,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "bot": BotSettings,
     "engine": EngineSettings,
+    "i18n": I18nSettings,
     "store": StoreSettings,
     "twilio": TwilioSettings,
     "whatsapp": WhatsAppSettings,
@@ -460,6 +522,17 @@ def _validate(s: Settings) -> list[str]:
         problems.append("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
     if not 0 <= s.engine.workers <= 64:
         problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
+    langs = s.languages
+    if not langs or any(len(code) != 2 or not code.isalpha() for code in langs):
+        problems.append("i18n.languages (HABLA_LANGUAGES): ISO 639-1 codes like en,es,pt")
+    if not 0.5 <= s.i18n.switch_confidence <= 1.0:
+        problems.append(
+            "i18n.switch_confidence (HABLA_LANGUAGE_SWITCH_CONFIDENCE): between 0.5 and 1"
+        )
+    if s.i18n.translator in ("azure", "deepl") and not s.i18n.translator_key:
+        problems.append(f"HABLA_TRANSLATOR_KEY is required for the {s.i18n.translator} translator")
+    if s.i18n.translator == "google" and not s.i18n.google_project:
+        problems.append("HABLA_GOOGLE_PROJECT is required for the google translator")
     if s.store.tracker_cache < 0:
         problems.append("store.tracker_cache (HABLA_TRACKER_CACHE): 0 or more")
     if s.engine.parse_cache < 0:
