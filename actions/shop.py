@@ -7,6 +7,11 @@ in domain.yml.
 
 Product and order data come from ``catalog.yml`` at the project root, or from
 the file named by the ``HABLA_CATALOG`` environment variable.
+
+Actions never build user-facing sentences themselves: they name a response from
+domain.yml and pass the variables it needs (``dispatcher.utter_message(response=...,
+price=...)``). The response has one variation per language, chosen by the
+``language`` slot, so every sentence is authored (and translated) in domain.yml.
 """
 
 from __future__ import annotations
@@ -156,6 +161,11 @@ def _format_price(price: float, currency: str) -> str:
     return f"{price:.2f} {currency}"
 
 
+def _format_price_comma(price: float, currency: str) -> str:
+    """Format a price with a decimal comma, as Spanish and Portuguese write it: "19,90 EUR"."""
+    return f"{price:.2f}".replace(".", ",") + f" {currency}"
+
+
 def _with_article(name: str) -> str:
     """Prefix "A" or "An" ("A hoodie", "An apron")."""
     article = "An" if name[:1].casefold() in "aeiou" else "A"
@@ -189,15 +199,17 @@ class ActionProductPrice(Action):
 
         product = catalog.find_product(str(requested)) if requested else None
         if product is not None:
-            price = _format_price(product.price, catalog.currency)
-            dispatcher.utter_message(text=f"{_with_article(product.name)} costs {price}.")
+            dispatcher.utter_message(
+                response="utter_price",
+                article_product=_with_article(product.name),
+                product_name=product.name,
+                price=_format_price(product.price, catalog.currency),
+                price_comma=_format_price_comma(product.price, catalog.currency),
+            )
             # Clear the slot so a later "how much is a scarf" (no entity found)
             # doesn't get this product's price again.
             return [SlotSet("product", None)]
 
-        intro = (
-            f'Sorry, we don\'t sell "{requested}".' if requested else "Which product do you mean?"
-        )
         buttons = [
             {
                 "title": p.name,
@@ -205,7 +217,16 @@ class ActionProductPrice(Action):
             }
             for p in catalog.products
         ]
-        dispatcher.utter_message(text=f"{intro} We have:", buttons=buttons)
+        # Rasa's response interpolation gives up on values containing "0[" and would
+        # show the raw "{requested_product}" placeholder; ask the plain question then.
+        if requested and "0[" not in str(requested):
+            dispatcher.utter_message(
+                response="utter_product_not_sold",
+                buttons=buttons,
+                requested_product=str(requested),
+            )
+        else:
+            dispatcher.utter_message(response="utter_which_product", buttons=buttons)
         return [SlotSet("product", None)]
 
 
@@ -256,37 +277,31 @@ class ActionOrderStatus(Action):
         catalog = await load_catalog()
         order = catalog.find_order(number) if catalog is not None else None
         if order is None:
-            dispatcher.utter_message(
-                text=(
-                    f"Sorry, I couldn't find an order with the number {number}. "
-                    "Would you like to talk to a person?"
-                ),
-                buttons=[
-                    {"title": "Talk to a person", "payload": "/human_handoff"},
-                    {"title": "No, thanks", "payload": "/deny"},
-                ],
-            )
+            # utter_order_not_found offers a person (buttons in domain.yml).
+            dispatcher.utter_message(response="utter_order_not_found", order_id=number)
         else:
-            dispatcher.utter_message(text=_describe_order(number, order))
+            response, variables = _order_status_response(number, order)
+            dispatcher.utter_message(response=response, **variables)
         return [SlotSet("order_number", None)]
 
 
-def _describe_order(number: str, order: dict[str, Any]) -> str:
-    """One sentence about an order's status and dates."""
+def _order_status_response(number: str, order: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The domain response about an order's status and dates, with its variables."""
     status = str(order.get("status", "unknown")).lower()
     eta = order.get("eta")
-    if status == "shipped":
-        text = f"Order {number} has shipped."
-    elif status == "processing":
-        text = f"Order {number} is being prepared and will ship soon."
-    elif status == "delivered":
+    variables = {"order_id": number}
+    if status in ("shipped", "processing"):
+        if eta:
+            variables["eta"] = str(eta)
+            return f"utter_order_{status}_eta", variables
+        return f"utter_order_{status}", variables
+    if status == "delivered":
         delivered_on = order.get("delivered_on")
-        when = f" on {delivered_on}" if delivered_on else ""
-        text = f"Order {number} was delivered{when}."
-    elif status == "cancelled":
-        text = f"Order {number} was cancelled."
-    else:
-        text = f"The status of order {number} is: {status}."
-    if eta and status in ("shipped", "processing"):
-        text += f" Expected delivery: {eta}."
-    return text
+        if delivered_on:
+            variables["delivered_on"] = str(delivered_on)
+            return "utter_order_delivered_on", variables
+        return "utter_order_delivered", variables
+    if status == "cancelled":
+        return "utter_order_cancelled", variables
+    variables["status"] = status
+    return "utter_order_status_other", variables

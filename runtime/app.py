@@ -10,11 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from channels import channel_class
 from channels.base import ChannelServices, InputChannel, OutputChannel
+from i18n.detect import DETECTORS
+from i18n.language import LanguagePolicy
+from i18n.stages import AuthoredResponses, DetectLanguage, LocalizeReplies, TranslateForNLU
+from i18n.store import LanguageStore, RedisLanguageStore, SQLiteLanguageStore
+from i18n.translation import (
+    CachingTranslator,
+    RedisTranslationCache,
+    SQLiteTranslationCache,
+    TranslationCache,
+    start_translator,
+)
 from nlu.actions import endpoint_from_settings
 from nlu.engine import Engine, RasaEngine
 from nlu.pool import WorkerPoolEngine
@@ -45,26 +57,42 @@ logger = logging.getLogger(__name__)
 SHARED_PENDING_STALE_S = 300.0
 
 
-Coordination = tuple[ConversationLocks, Inbox, Choices]
+@dataclass(frozen=True)
+class Stores:
+    """Conversation-scoped state shared by every worker (embedded: one process)."""
+
+    locks: ConversationLocks
+    inbox: Inbox
+    choices: Choices
+    languages: LanguageStore
+    translations: TranslationCache
 
 
-async def embedded_coordination(settings: Settings, db: SQLite) -> Coordination:
+async def embedded_stores(settings: Settings, db: SQLite) -> Stores:
     inbox = SQLiteInbox(db, settings.store.dedupe_ttl_s)
-    await inbox.setup()
     choices = SQLiteChoices(db)
-    await choices.setup()
-    return InProcessLocks(), inbox, choices
+    languages = SQLiteLanguageStore(db)
+    translations = SQLiteTranslationCache(db)
+    for store in (inbox, choices, languages, translations):
+        await store.setup()
+    return Stores(InProcessLocks(), inbox, choices, languages, translations)
 
 
-async def redis_coordination(settings: Settings, db: SQLite) -> Coordination:
+async def redis_stores(settings: Settings, db: SQLite) -> Stores:
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(settings.store.redis_url)
     await client.ping()
-    return RedisLocks(client), RedisInbox(client, settings.store.dedupe_ttl_s), RedisChoices(client)
+    return Stores(
+        RedisLocks(client),
+        RedisInbox(client, settings.store.dedupe_ttl_s),
+        RedisChoices(client),
+        RedisLanguageStore(client),
+        RedisTranslationCache(client),
+    )
 
 
-COORDINATION = {"embedded": embedded_coordination, "redis": redis_coordination}
+COORDINATION = {"embedded": embedded_stores, "redis": redis_stores}
 
 
 class Runtime:
@@ -78,6 +106,8 @@ class Runtime:
         self._turn: Turn | None = None
         self._locks: ConversationLocks | None = None
         self._inbox: Inbox | None = None
+        self.translator: CachingTranslator | None = None
+        self.stores: Stores | None = None
         services = ChannelServices(
             settings=settings,
             accept=self.accept,
@@ -145,7 +175,8 @@ class Runtime:
         tracker_store = make_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
-        self._locks, self._inbox, choices = await COORDINATION[s.store.coordination](s, self.db)
+        stores = self.stores = await COORDINATION[s.store.coordination](s, self.db)
+        self._locks, self._inbox = stores.locks, stores.inbox
         if self.engine is None:
             model = (
                 s.path(s.bot.model)
@@ -159,12 +190,21 @@ class Runtime:
             )
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
+        languages = s.languages
+        detector = await asyncio.to_thread(DETECTORS[s.i18n.detector], languages)
+        policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
+        authored = await asyncio.to_thread(AuthoredResponses.from_bot, s.path(s.bot.dir))
+        self.translator = await start_translator(s, stores.translations)
+        nlu_languages = [c.strip() for c in s.i18n.nlu_languages.split(",") if c.strip()]
         self._turn = Turn(
             [
                 Acknowledge(),
-                ResolveChoice(choices),
+                ResolveChoice(stores.choices),
+                DetectLanguage(policy, stores.languages),
+                TranslateForNLU(self.translator, nlu_languages, languages[0]),
                 Dialogue(self.engine),
-                Deliver(self.deliveries, choices),
+                LocalizeReplies(self.translator, authored, languages[0]),
+                Deliver(self.deliveries, stores.choices),
             ],
             self._locks,
             self.inbox,
@@ -215,6 +255,8 @@ class Runtime:
             await channel.close()
         if self._owns_engine and self.engine is not None:
             await self.engine.close()
+        if self.translator is not None:
+            await self.translator.close()
         for closable in (self._locks, self._inbox):
             if closable is not None:
                 await closable.close()

@@ -148,10 +148,10 @@ class I18nSettings:
         choices=("lingua", "langdetect"),
     )
     switch_confidence: float = setting(
-        0.9,
+        0.6,
         "HABLA_LANGUAGE_SWITCH_CONFIDENCE",
         "Confidence a message needs to switch a conversation away from its language "
-        "(short or ambiguous messages keep it).",
+        "(messages of one or two words need 0.95; shorter or ambiguous ones keep it).",
     )
     translator: str = setting(
         "",

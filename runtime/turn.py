@@ -32,6 +32,7 @@ class TurnContext:
     inbound: InboundMessage
     output: OutputChannel
     replies: tuple[BotReply, ...] = ()
+    language: str = ""
     deliveries: tuple[Delivery, ...] = ()
     notes: dict[str, object] = field(default_factory=dict)
 
