@@ -34,20 +34,25 @@ def examples() -> dict[str, list[tuple[str, str, str | None]]]:
     data = yaml.safe_load(HELDOUT.read_text(encoding="utf-8"))
     out: dict[str, list[tuple[str, str, str | None]]] = {}
     for lang, intents in data.items():
-        rows = []
-        for intent, spec in intents.items():
-            if isinstance(spec, dict):
-                texts = spec.get("examples") or spec.get("texts") or []
-                english = spec.get("en_translation") or [None] * len(texts)
-            else:
-                texts, english = spec, [None] * len(spec)
-            rows += [(intent, t, e) for t, e in zip(texts, english, strict=False)]
+        english = intents.get("en_translation") or {}
+        rows: list[tuple[str, str, str | None]] = []
+        for intent, texts in intents.items():
+            if intent == "en_translation":
+                continue
+            translations = english.get(intent) or []
+            for i, text in enumerate(texts):
+                rows.append((intent, text, translations[i] if i < len(translations) else None))
         out[lang] = rows
     return out
 
 
 async def main() -> None:
+    import logging
+
     from rasa.core.agent import Agent
+    from rasa.utils.log_utils import configure_structlog
+
+    configure_structlog(logging.WARNING)
 
     model = ensure_model(PROJECT, PROJECT / ".habla" / "models")
     agent = Agent.load(str(model))
