@@ -9,9 +9,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from runtime.app import Runtime
-from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
+from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_env, whatsapp_form
+from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.translation import FakeLibreTranslate
 from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.test_whatsapp import WA
 
 AUTH = {"Authorization": "Bearer rest-token"}
 
@@ -48,7 +50,7 @@ async def test_a_spanish_user_gets_the_whole_bot_in_spanish(server: Any) -> None
     greet = await chat.text("hola, buenas tardes")
     assert "¡Hola!" in greet and "1. Horario" in greet
     assert await chat.language() == "es"
-    assert "envío" in (await chat.text("2")).lower() or "envíos" in greet.lower()
+    assert "Enviamos a toda la UE" in await chat.text("2")  # "2" picks "Envíos"
     price = await chat.text("¿cuánto cuesta la sudadera?")
     assert "39,90 EUR" in price and "precio" in price
     assert "pedido" in (await chat.text("¿dónde está mi pedido?")).lower()
@@ -150,3 +152,28 @@ async def test_translator_down_means_the_authored_language_not_a_lost_turn(
     answer = await chat.text("Bonjour, je voudrais parler à une personne s'il vous plaît")
     assert answer  # the user got the bot's (English) answer
     assert await chat.language() == "fr"
+
+
+async def test_a_portuguese_user_over_the_cloud_api_and_a_spanish_one_over_rest(
+    make_server: ServerFactory, graph_api: FakeGraphAPI, tmp_path: Path
+) -> None:
+    client, runtime = await make_server(
+        env=whatsapp_env(graph_api.url), data_dir=tmp_path / "cloud"
+    )
+    wa = WA(client, runtime, graph_api, user="5511988887777")
+    [greet] = await wa.say("oi, bom dia")
+    assert greet["interactive"]["body"]["text"].startswith("Olá")
+    titles = [b["reply"]["title"] for b in greet["interactive"]["action"]["buttons"]]
+    ids = [b["reply"]["id"] for b in greet["interactive"]["action"]["buttons"]]
+    assert ids == ["/opening_hours", "/shipping", "/human_handoff"]  # payloads untouched
+    assert titles[0] != "Opening hours"  # titles in Portuguese
+    [price] = await wa.say("quanto custa o boné?")
+    assert "17,00 EUR" in price["text"]["body"]
+
+    resp = await client.post(
+        "/webhooks/rest/webhook",
+        headers=AUTH,
+        json={"sender": "es-rest", "message": "¿a qué hora abren?"},
+    )
+    body = await resp.json()
+    assert "lunes" in body[0]["text"].lower()
