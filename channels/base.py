@@ -41,6 +41,13 @@ class OutputChannel(ABC):
         """Tell the provider the message was seen (read receipts); optional."""
         return None
 
+    async def start(self) -> None:
+        """Open sessions inside the running event loop."""
+        return None
+
+    async def close(self) -> None:
+        return None
+
     @staticmethod
     def numbered_text(reply: BotReply) -> str:
         if not reply.buttons:
@@ -87,10 +94,12 @@ class InputChannel(ABC):
         """The channel's aiohttp routes (every path in ``paths``)."""
 
     async def start(self) -> None:
-        return None
+        if self.output is not None:
+            await self.output.start()
 
     async def close(self) -> None:
-        return None
+        if self.output is not None:
+            await self.output.close()
 
     @classmethod
     def url_paths(cls) -> list[str]:

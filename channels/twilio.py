@@ -202,12 +202,6 @@ class TwilioChannel(InputChannel):
             if not v
         ]
 
-    async def start(self) -> None:
-        await self.sender.start()
-
-    async def close(self) -> None:
-        await self.sender.close()
-
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/webhooks/twilio/webhook", self.receive),

@@ -185,12 +185,6 @@ class WhatsAppChannel(InputChannel):
         )
         return [name for name, value in required if not value]
 
-    async def start(self) -> None:
-        await self.sender.start()
-
-    async def close(self) -> None:
-        await self.sender.close()
-
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/webhooks/whatsapp/webhook", self.verify),

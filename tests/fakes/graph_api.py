@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.server import serve
+
 
 class FakeGraphAPI:
     def __init__(self, token: str, phone_number_id: str, version: str = "v21.0") -> None:
@@ -35,12 +37,7 @@ class FakeGraphAPI:
         app = web.Application()
         app.router.add_post("/{version}/{phone}/messages", self.messages)
         app.router.add_post("/{version}/{phone}/media", self.media)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve(app)
         return self.url
 
     async def close(self) -> None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
 from aiohttp import web
 from google.cloud import translate_v3
+
+from tests.fakes.server import serve
 
 EN_ES = {
     "hello": "hola",
@@ -128,7 +131,7 @@ class Recorded:
     body: Any
 
 
-class FakeHttpTranslator:
+class FakeHttpTranslator(ABC):
     """Shared machinery of the HTTP fakes; subclasses check and answer one API."""
 
     path: ClassVar[str]
@@ -148,12 +151,7 @@ class FakeHttpTranslator:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post(self.path, self.handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve(app)
         return self.url
 
     async def close(self) -> None:
@@ -183,16 +181,19 @@ class FakeHttpTranslator:
             return self.error(status, f"scripted failure {status}", headers=headers)
         return self.answer(request, body)
 
+    @abstractmethod
     def error(
         self, status: int, message: str, code: int = 0, headers: dict[str, str] | None = None
     ) -> web.Response:
-        raise NotImplementedError
+        """An error in the API's own shape."""
 
+    @abstractmethod
     def check_auth(self, request: web.Request, body: Any) -> web.Response | None:
-        raise NotImplementedError
+        """An error response when the request's credentials are wrong."""
 
+    @abstractmethod
     def answer(self, request: web.Request, body: Any) -> web.Response:
-        raise NotImplementedError
+        """The API's answer to a valid request."""
 
 
 class FakeAzureTranslator(FakeHttpTranslator):
