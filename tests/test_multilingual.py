@@ -110,19 +110,27 @@ async def libre() -> Any:
     await fake.close()
 
 
-async def test_a_language_without_variants_is_translated_and_cached(
+@pytest.fixture
+async def french(
     make_server: ServerFactory,
     twilio_api: FakeTwilioAPI,
     libre: FakeLibreTranslate,
     tmp_path: Path,
-) -> None:
+) -> tuple[TestClient, Runtime, FakeTwilioAPI]:
+    """A server that also speaks French, through the (fake) LibreTranslate."""
     env = base_env(tmp_path / "fr", twilio_api.url) | {
         "HABLA_LANGUAGES": "en,es,pt,fr",
         "HABLA_TRANSLATOR": "libretranslate",
         "HABLA_TRANSLATOR_URL": libre.url,
     }
     client, runtime = await make_server(env=env, data_dir=tmp_path / "fr")
-    chat = Twilio(client, runtime, twilio_api, user="+33600000001")
+    return client, runtime, twilio_api
+
+
+async def test_a_language_without_variants_is_translated_and_cached(
+    french: tuple[TestClient, Runtime, FakeTwilioAPI], libre: FakeLibreTranslate
+) -> None:
+    chat = Twilio(*french, "+33600000001")
     answer = await chat.text("Bonjour, quels sont vos horaires d'ouverture ?")
     assert await chat.language() == "fr"
     # NLU ran on the English translation; the English reply was translated back
@@ -136,22 +144,16 @@ async def test_a_language_without_variants_is_translated_and_cached(
 
 
 async def test_translator_down_means_the_authored_language_not_a_lost_turn(
-    make_server: ServerFactory,
-    twilio_api: FakeTwilioAPI,
-    libre: FakeLibreTranslate,
-    tmp_path: Path,
+    french: tuple[TestClient, Runtime, FakeTwilioAPI], libre: FakeLibreTranslate
 ) -> None:
-    env = base_env(tmp_path / "down", twilio_api.url) | {
-        "HABLA_LANGUAGES": "en,es,pt,fr",
-        "HABLA_TRANSLATOR": "libretranslate",
-        "HABLA_TRANSLATOR_URL": libre.url,
-    }
-    client, runtime = await make_server(env=env, data_dir=tmp_path / "down")
     libre.fail_next(503, count=50)
-    chat = Twilio(client, runtime, twilio_api, user="+33600000002")
-    answer = await chat.text("Bonjour, je voudrais parler à une personne s'il vous plaît")
-    assert answer  # the user got the bot's (English) answer
+    chat = Twilio(*french, "+33600000002")
+    answer = await chat.text("Bonjour, quels sont vos horaires d'ouverture ?")
+    assert answer.startswith("We're open Monday to Friday")  # authored English, not lost
+    # both directions were tried and failed (503): NLU ran on the French text
+    assert {r.body["target"] for r in libre.requests} == {"en", "fr"}
     assert await chat.language() == "fr"
+    assert await chat.runtime.inbox.pending() == []  # the turn completed
 
 
 async def test_a_portuguese_user_over_the_cloud_api_and_a_spanish_one_over_rest(
