@@ -1,0 +1,51 @@
+"""Speech-to-text: one base class, adapters registered by the name used in settings."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class SpeechError(Exception):
+    """The audio could not be transcribed or synthesized (bad input or engine failure).
+
+    ``transient`` is True for outages worth retrying or falling back from (network,
+    quota, 5xx); False for bad audio or bad credentials.
+    """
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None  # ISO 639-1 ("es"), None when the engine could not tell
+    confidence: float  # 0..1
+    duration_s: float  # audio duration
+    engine: str
+
+
+class SpeechToText(ABC):
+    """Transcribe one voice note. Implementations never block the event loop."""
+
+    name: ClassVar[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open clients or load models."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and models."""
+
+    @abstractmethod
+    async def transcribe(
+        self, audio: bytes, content_type: str, languages: Sequence[str]
+    ) -> Transcript:
+        """Transcribe ``audio`` (as received: OGG/Opus, AMR, MP3, WAV...).
+
+        ``languages`` are the bot's languages as ISO 639-1 codes, most likely first;
+        engines restrict or bias language identification to them.
+        """

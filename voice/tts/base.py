@@ -1,0 +1,33 @@
+"""Text-to-speech: one base class, adapters registered by the name used in settings."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Speech:
+    audio: bytes  # OGG/Opus, mono (WhatsApp plays it as a voice note)
+    content_type: str  # "audio/ogg"
+    duration_s: float
+    engine: str
+    voice: str
+
+
+class TextToSpeech(ABC):
+    """Synthesize one reply. Implementations never block the event loop."""
+
+    name: ClassVar[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open clients or load voices."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients."""
+
+    @abstractmethod
+    async def synthesize(self, text: str, language: str, voice: str = "") -> Speech:
+        """Speak ``text`` in ``language`` (ISO 639-1); ``voice`` overrides the default
+        voice for that language (an engine-specific name). Raises SpeechError."""
