@@ -5,6 +5,10 @@ PYTHON ?= $(shell command -v python3.10 || ls -d $$HOME/.pyenv/versions/3.10*/bi
 UV := .tools/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
+# secantusdb, a MongoDB wire-protocol server the order-store tests run against; it wants
+# a newer pymongo than Rasa allows, so it lives in its own small virtualenv
+SECANTUS := .tools/secantus/.installed
+SECANTUS_VERSION := 0.7.0b3
 
 .PHONY: run test lint typecheck pytest shell train bench settings clean
 
@@ -20,7 +24,7 @@ lint: $(SYNCED)
 typecheck: $(SYNCED)
 	$(VENV)/bin/mypy
 
-pytest: $(SYNCED)
+pytest: $(SYNCED) $(SECANTUS)
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 shell: $(SYNCED)
@@ -31,6 +35,7 @@ train: $(SYNCED)
 
 bench: $(SYNCED)
 	$(VENV)/bin/python -m bench.throughput $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.voice $(VOICE_BENCH_ARGS)
 
 settings: $(SYNCED)
 	@$(VENV)/bin/habla settings
@@ -41,6 +46,11 @@ $(UV):
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+$(SECANTUS): | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) .tools/secantus
+	$(UV) pip install --quiet --python .tools/secantus/bin/python 'secantusdb==$(SECANTUS_VERSION)'
 	@touch $@
 
 clean:

@@ -16,71 +16,23 @@ price=...)``). The response has one variation per language, chosen by the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
 import re
-import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
 from rasa_sdk import Action, FormValidationAction, Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-logger = logging.getLogger(__name__)
+from commerce.catalog import load_catalog
 
-CATALOG_ENV_VAR = "HABLA_CATALOG"
-DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "catalog.yml"
+logger = logging.getLogger(__name__)
 
 ORDER_NUMBER_RE = re.compile(r"[A-Z]{2}\d{5}")
 # Finds an order number inside a longer message, e.g. "it's ab-12345".
 ORDER_NUMBER_SEARCH_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2}[\s-]?\d{5}(?!\d)")
-
-
-@dataclass(frozen=True)
-class Product:
-    """One product from the catalog."""
-
-    name: str
-    price: float
-    sku: str
-    synonyms: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Parsed catalog file: products, sample orders and currency."""
-
-    currency: str
-    products: tuple[Product, ...]
-    orders: dict[str, dict[str, Any]]
-
-    def find_product(self, text: str) -> Product | None:
-        """Find a product by name or synonym (case, spacing and plural 's' ignored)."""
-        wanted = _product_key(text)
-        if not wanted:
-            return None
-        candidates = {wanted, wanted.removesuffix("s")}
-        for product in self.products:
-            for alias in (product.name, *product.synonyms):
-                key = _product_key(alias)
-                if key in candidates:
-                    return product
-        return None
-
-    def find_order(self, order_number: str) -> dict[str, Any] | None:
-        """Return the sample order with this (normalised) number, if any."""
-        return self.orders.get(order_number)
-
-
-def _product_key(text: str) -> str:
-    """Lower-case and keep only letters and digits ("T Shirt" -> "tshirt")."""
-    return re.sub(r"[\W_]+", "", text.casefold())
 
 
 def normalize_order_number(value: str) -> str | None:
@@ -93,67 +45,6 @@ def normalize_order_number(value: str) -> str | None:
     if match:
         return re.sub(r"[\s-]+", "", match.group()).upper()
     return None
-
-
-def catalog_path() -> Path:
-    """Return $HABLA_CATALOG, else catalog.yml at the project root."""
-    override = os.environ.get(CATALOG_ENV_VAR)
-    return Path(override).expanduser() if override else DEFAULT_CATALOG_PATH
-
-
-_cache: dict[tuple[str, int], Catalog] = {}
-_cache_lock = threading.Lock()
-
-
-def _parse_catalog(raw: object) -> Catalog:
-    """Build a Catalog from the parsed YAML document."""
-    if not isinstance(raw, dict):
-        raise TypeError("catalog file must contain a mapping at the top level")
-    products = tuple(
-        Product(
-            name=str(item["name"]),
-            price=float(item["price"]),
-            sku=str(item.get("sku", "")),
-            synonyms=tuple(str(s) for s in item.get("synonyms") or ()),
-        )
-        for item in raw.get("products") or ()
-    )
-    orders = {
-        str(number).upper(): dict(details or {})
-        for number, details in (raw.get("orders") or {}).items()
-    }
-    return Catalog(
-        currency=str(raw.get("currency", "EUR")),
-        products=products,
-        orders=orders,
-    )
-
-
-def _load_catalog_sync(path: Path) -> Catalog:
-    """Read and parse the catalog; cached until the file's mtime changes."""
-    key = (str(path), path.stat().st_mtime_ns)
-    with _cache_lock:
-        cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    with path.open(encoding="utf-8") as handle:
-        catalog = _parse_catalog(yaml.safe_load(handle))
-    with _cache_lock:
-        # Drop stale versions of this file, then remember the new one.
-        for old_key in [k for k in _cache if k[0] == key[0]]:
-            del _cache[old_key]
-        _cache[key] = catalog
-    return catalog
-
-
-async def load_catalog() -> Catalog | None:
-    """Load the catalog off the event loop; None (logged) if it can't be read."""
-    path = catalog_path()
-    try:
-        return await asyncio.to_thread(_load_catalog_sync, path)
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        logger.exception("Could not load the catalog from %s", path)
-        return None
 
 
 def _format_price(price: float, currency: str) -> str:

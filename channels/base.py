@@ -8,15 +8,17 @@ configured still answers its paths, with 403 to every request: fail closed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import aiohttp
 from aiohttp import web
 
-from runtime.messages import BotReply, Delivery, InboundMessage
+from runtime.messages import BotReply, Delivery, InboundMessage, MediaRef
 from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,14 @@ class OutputChannel(ABC):
         """Tell the provider the message was seen (read receipts); optional."""
         return None
 
+    async def fetch_media(self, media: MediaRef, max_bytes: int) -> tuple[bytes, str]:
+        """Download media the user sent: its bytes and content type. Raises MediaError."""
+        raise MediaError("this channel does not receive media")
+
+    async def upload_media(self, data: bytes, content_type: str) -> str:
+        """Upload generated media to the provider; its media id (if the channel can)."""
+        raise MediaError("this channel does not upload media")
+
     async def start(self) -> None:
         """Open sessions inside the running event loop."""
         return None
@@ -54,6 +64,53 @@ class OutputChannel(ABC):
             return reply.text
         choices = "\n".join(f"{i}. {b.title}" for i, b in enumerate(reply.buttons, 1))
         return f"{reply.text}\n\n{choices}" if reply.text else choices
+
+
+class MediaError(Exception):
+    """Media the user sent could not be fetched: too large, gone, or the provider is down."""
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    auth: aiohttp.BasicAuth | None = None,
+) -> tuple[bytes, str]:
+    """GET ``url`` (following redirects) into memory, refusing more than ``max_bytes``.
+
+    Returns the bytes and the content type the server declared.
+    """
+    try:
+        async with session.get(
+            url,
+            headers=headers,
+            auth=auth,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            if resp.status >= 400:
+                raise MediaError(
+                    f"media download answered {resp.status}",
+                    transient=resp.status == 429 or resp.status >= 500,
+                )
+            declared = resp.content_length
+            if declared is not None and declared > max_bytes:
+                raise MediaError(f"media is {declared} bytes (limit {max_bytes})")
+            chunks, size = [], 0
+            async for chunk in resp.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MediaError(f"media is over {max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks), resp.headers.get("Content-Type", "")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        raise MediaError(f"media download failed: {type(e).__name__}", transient=True) from e
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ of free-form text outside the 24-hour customer-service window.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any
 
 import aiohttp
 
-from channels.base import OutputChannel
-from runtime.messages import BotReply, Button, Delivery, InboundMessage
+from channels.base import MediaError, OutputChannel, download
+from runtime.messages import BotReply, Button, Delivery, InboundMessage, MediaRef
 from runtime.retry import PermanentError, TransientError, with_retries
 from runtime.settings import Settings
 
@@ -98,6 +99,21 @@ class GraphClient:
             json={"messaging_product": "whatsapp", "status": "read", "message_id": message_id},
         )
 
+    async def media_url(self, media_id: str) -> dict[str, Any]:
+        """GET /{media-id}: the short-lived download URL, mime type, size and sha256."""
+        url = f"{self.base}/{media_id}"
+        try:
+            async with self.session.get(url, headers=self.headers, timeout=self.timeout) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = {}
+                if resp.status < 400 and "url" in body:
+                    return dict(body)
+                raise self._error(resp.status, body)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise TransientError(f"{type(e).__name__}: {e}") from e
+
     async def upload_media(self, data: bytes, mime_type: str, filename: str = "file") -> str:
         """POST /{phone-number-id}/media (multipart); returns the media id."""
         form = aiohttp.FormData()
@@ -153,6 +169,10 @@ def render(reply: BotReply) -> list[dict[str, Any]]:
         out.append({"type": "image", "image": {"link": reply.image}})
     if reply.attachment:
         out.append({"type": "document", "document": {"link": reply.attachment}})
+    if reply.audio:
+        media_id = reply.audio.removeprefix("media:")
+        ref = {"id": media_id} if media_id != reply.audio else {"link": reply.audio}
+        out.append({"type": "audio", "audio": ref})
     return out
 
 
@@ -194,6 +214,41 @@ class WhatsAppOutput(OutputChannel):
     async def acknowledge(self, msg: InboundMessage) -> None:
         if self.settings.whatsapp.mark_as_read and msg.message_id and self.client:
             await self.client.mark_as_read(msg.message_id)
+
+    async def fetch_media(self, media: MediaRef, max_bytes: int) -> tuple[bytes, str]:
+        """Media id → URL (with the token) → bytes, checked against size and sha256."""
+        if self.client is None or self.session is None:
+            raise MediaError("WhatsAppOutput.start() was not awaited")
+        if not media.media_id:
+            raise MediaError("no media id")
+        try:
+            info = await self.client.media_url(media.media_id)
+        except TransientError as e:
+            raise MediaError(str(e), transient=True) from e
+        except PermanentError as e:
+            raise MediaError(str(e)) from e
+        size = int(info.get("file_size") or 0)
+        if size > max_bytes:
+            raise MediaError(f"media is {size} bytes (limit {max_bytes})")
+        data, declared = await download(
+            self.session,
+            str(info["url"]),
+            max_bytes=max_bytes,
+            timeout_s=self.settings.send.timeout_s,
+            headers=self.client.headers,
+        )
+        digest = str(info.get("sha256") or "")
+        if digest and hashlib.sha256(data).hexdigest() != digest:
+            raise MediaError("media does not match its sha256", transient=True)
+        return data, media.content_type or str(info.get("mime_type") or declared)
+
+    async def upload_media(self, data: bytes, content_type: str) -> str:
+        if self.client is None:
+            raise MediaError("WhatsAppOutput.start() was not awaited")
+        try:
+            return await self.client.upload_media(data, content_type, "voice.ogg")
+        except (TransientError, PermanentError) as e:
+            raise MediaError(str(e), transient=isinstance(e, TransientError)) from e
 
     async def window_open(self, msg: InboundMessage) -> bool:
         last = await self.last_inbound("whatsapp", msg.conversation_id)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlparse
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +26,14 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from channels.base import ChannelServices, InputChannel, OutputChannel, public_request_url
+from channels.base import (
+    ChannelServices,
+    InputChannel,
+    MediaError,
+    OutputChannel,
+    download,
+    public_request_url,
+)
 from runtime.messages import BotReply, Delivery, InboundMessage, Location, MediaRef, mask_phone
 from runtime.retry import PermanentError, TransientError, with_retries
 from runtime.settings import Settings
@@ -118,6 +126,7 @@ class TwilioOutput(OutputChannel):
         self.settings = settings
         self.http: AsyncTwilioHttpClient | None = None
         self.client: Client | None = None
+        self.session: aiohttp.ClientSession | None = None
         base = settings.public_base
         self.status_callback = (
             f"{base}/webhooks/twilio/status" if base and settings.twilio.status_callback else None
@@ -132,10 +141,37 @@ class TwilioOutput(OutputChannel):
             http_client=self.http,
         )
         self.client.api.base_url = self.settings.twilio.api_base.rstrip("/")
+        self.session = aiohttp.ClientSession()
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
+        if self.session is not None:
+            await self.session.close()
+
+    def _media_auth(self, url: str) -> aiohttp.BasicAuth | None:
+        """Account credentials, but only for Twilio's own hosts (never leak them)."""
+        host = urlparse(url).hostname or ""
+        api_host = urlparse(self.settings.twilio.api_base).hostname or ""
+        if host == api_host or host == "twilio.com" or host.endswith(".twilio.com"):
+            t = self.settings.twilio
+            return aiohttp.BasicAuth(t.account_sid, t.auth_token)
+        return None
+
+    async def fetch_media(self, media: MediaRef, max_bytes: int) -> tuple[bytes, str]:
+        """MediaUrl with HTTP basic auth (Twilio redirects to its storage)."""
+        if self.session is None:
+            raise MediaError("TwilioOutput.start() was not awaited")
+        if not media.url:
+            raise MediaError("no media URL")
+        data, content_type = await download(
+            self.session,
+            media.url,
+            max_bytes=max_bytes,
+            timeout_s=self.settings.send.timeout_s,
+            auth=self._media_auth(media.url),
+        )
+        return data, media.content_type or content_type
 
     async def _create(self, **params: Any) -> str:
         assert self.client is not None, "TwilioOutput.start() was not awaited"
@@ -155,7 +191,7 @@ class TwilioOutput(OutputChannel):
 
     async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
         parts = split_text(self.numbered_text(reply)) or [""]
-        media = [u for u in (reply.image, reply.attachment) if u]
+        media = [u for u in (reply.image, reply.attachment, reply.audio) if u]
         out = []
         for index, part in enumerate(parts):
             params: dict[str, Any] = {

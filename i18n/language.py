@@ -139,7 +139,15 @@ class LanguagePolicy:
         """The part of a message that carries language: no codes, numbers, links, emoji."""
         return " ".join(_NOISE.sub(" ", text).split())
 
-    def decide(self, text: str, current: str | None, sticky: bool = False) -> LanguageDecision:
+    def decide(
+        self,
+        text: str,
+        current: str | None,
+        sticky: bool = False,
+        heard: Detection | None = None,
+    ) -> LanguageDecision:
+        """``heard``: the language a speech engine identified from the audio of a voice
+        note; it replaces text detection (the audio says more than its transcript)."""
         asked = self.requested(text)
         if asked is not None:
             return LanguageDecision(asked, 1.0, asked, asked != current, True, "requested")
@@ -147,7 +155,9 @@ class LanguagePolicy:
             return LanguageDecision(current, 1.0, None, False, True, "sticky")
         signal = self.signal(text)
         known = self.lexicon(text)
-        if len(known) == 1 and current is None:
+        if heard is not None and heard.language in self.languages:
+            found = heard
+        elif len(known) == 1 and current is None:
             found = Detection(next(iter(known)), 1.0)
         elif known or len(_LETTER.findall(signal)) < self.min_letters:
             language = current or self.default

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from i18n.detect import Detection
 from i18n.language import LanguagePolicy
 from i18n.store import LanguageStore
 from runtime.messages import BotReply, Button, mask_phone
@@ -35,8 +36,15 @@ class DetectLanguage:
     async def __call__(self, ctx: TurnContext) -> TurnContext:
         msg = ctx.inbound
         current, explicit = await self.store.get(msg.conversation_id)
-        text = "" if msg.button_payload else msg.text  # a tapped button carries no language
-        decision = self.policy.decide(text, current, sticky=explicit)
+        # a tapped button or an intent the runtime triggers carries no language
+        text = "" if msg.button_payload or msg.text.startswith("/") else msg.text
+        voice = msg.metadata.get("voice") or {}
+        heard = (
+            Detection(voice["language"], float(voice.get("language_confidence", 0.0)))
+            if voice.get("language") and text
+            else None
+        )
+        decision = self.policy.decide(text, current, sticky=explicit, heard=heard)
         if decision.language != current or decision.explicit != explicit:
             await self.store.set(msg.conversation_id, decision.language, decision.explicit)
             if current is not None:
@@ -73,6 +81,7 @@ class TranslateForNLU:
         if (
             self.translator is None
             or not msg.text
+            or msg.text.startswith("/")
             or msg.button_payload
             or ctx.language in self.nlu_languages
             or not ctx.language

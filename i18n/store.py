@@ -1,4 +1,5 @@
-"""Each conversation's language, kept across restarts (SQLite or Redis)."""
+"""Each conversation's language and reply preferences (e.g. text-only), kept across
+restarts (SQLite or Redis)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ CREATE TABLE IF NOT EXISTS languages (
     explicit INTEGER NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS preferences (
+    conversation_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, key)
+);
 """
 
 
@@ -25,6 +32,13 @@ class LanguageStore(ABC):
 
     @abstractmethod
     async def set(self, conversation_id: str, language: str, explicit: bool) -> None: ...
+
+    @abstractmethod
+    async def preference(self, conversation_id: str, key: str) -> str | None:
+        """A stored preference of the user (e.g. ``reply_mode``), if any."""
+
+    @abstractmethod
+    async def set_preference(self, conversation_id: str, key: str, value: str) -> None: ...
 
 
 class SQLiteLanguageStore(LanguageStore):
@@ -47,6 +61,18 @@ class SQLiteLanguageStore(LanguageStore):
             (conversation_id, language, int(explicit), time.time()),
         )
 
+    async def preference(self, conversation_id: str, key: str) -> str | None:
+        row = await self.db.fetchone(
+            "SELECT value FROM preferences WHERE conversation_id = ? AND key = ?",
+            (conversation_id, key),
+        )
+        return str(row[0]) if row else None
+
+    async def set_preference(self, conversation_id: str, key: str, value: str) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO preferences VALUES (?, ?, ?)", (conversation_id, key, value)
+        )
+
 
 class RedisLanguageStore(LanguageStore):
     def __init__(self, redis: Any, prefix: str = "habla") -> None:
@@ -63,3 +89,10 @@ class RedisLanguageStore(LanguageStore):
             f"{self.prefix}:lang:{conversation_id}",
             mapping={"language": language, "explicit": "1" if explicit else "0"},
         )
+
+    async def preference(self, conversation_id: str, key: str) -> str | None:
+        raw = await self.redis.hget(f"{self.prefix}:pref:{conversation_id}", key)
+        return raw.decode() if raw is not None else None
+
+    async def set_preference(self, conversation_id: str, key: str, value: str) -> None:
+        await self.redis.hset(f"{self.prefix}:pref:{conversation_id}", key, value)

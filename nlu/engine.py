@@ -44,6 +44,8 @@ def rasa_metadata(msg: InboundMessage) -> dict[str, Any]:
         meta["phone"] = msg.sender
     if msg.profile_name:
         meta["profile_name"] = msg.profile_name
+    if msg.reply_to:  # where replies go: actions that reply later (payments) need it
+        meta["reply_to"], meta["reply_from"] = msg.reply_to, msg.reply_from
     if msg.location is not None:
         loc = msg.location
         meta["location"] = {

@@ -67,7 +67,10 @@ def worker_main(sock: socket.socket, settings: Settings, model_path: str) -> Non
 
 
 async def _serve(sock: socket.socket, settings: Settings, model_path: Path) -> None:
+    from commerce import service as commerce_service
     from nlu.actions import endpoint_from_settings
+
+    commerce_service.configure(settings)  # actions here build their own on first use
     from nlu.engine import RasaEngine
     from runtime.sqlite import SQLite
     from runtime.tracker_store import make_tracker_store

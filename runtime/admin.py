@@ -2,9 +2,11 @@
 
 ``GET /api/conversations/{conversation_id}`` with ``Authorization: Bearer
 $HABLA_ADMIN_TOKEN`` returns the user's and bot's messages (from the conversation
-store) and every outbound message with its delivery status trail (sent, delivered,
-read, failed with the provider's code and reason). Without a configured token it
-answers 403 to everything.
+store; voice notes with their transcript, language, confidence and duration) and
+every outbound message with its delivery status trail (sent, delivered, read, failed
+with the provider's code and reason). ``GET /api/outbox[?status=failed]`` lists CRM
+and payment writes; ``GET /api/orders/{order_id}`` an order with its status history.
+Without a configured token it answers 403 to everything.
 """
 
 from __future__ import annotations
@@ -15,16 +17,23 @@ from typing import Any
 
 from aiohttp import web
 
+from commerce.service import Commerce
 from runtime.deliveries import DeliveryLog
 from runtime.sqlite import SQLite
 
 
 class AdminAPI:
-    def __init__(self, token: str, db: SQLite, deliveries: DeliveryLog) -> None:
-        self.token, self.db, self.deliveries = token, db, deliveries
+    def __init__(
+        self, token: str, db: SQLite, deliveries: DeliveryLog, commerce: Commerce | None = None
+    ) -> None:
+        self.token, self.db, self.deliveries, self.commerce = token, db, deliveries, commerce
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/api/conversations/{conversation_id}", self.conversation)]
+        return [
+            web.get("/api/conversations/{conversation_id}", self.conversation),
+            web.get("/api/outbox", self.outbox),
+            web.get("/api/orders/{order_id}", self.order),
+        ]
 
     def _authorized(self, request: web.Request) -> bool:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -48,6 +57,10 @@ class AdminAPI:
             if event["event"] == "user":
                 item["intent"] = (event.get("parse_data") or {}).get("intent", {}).get("name")
                 item["channel"] = event.get("input_channel")
+                meta = event.get("metadata") or {}
+                for key in ("voice", "language"):
+                    if key in meta:
+                        item[key] = meta[key]
             out.append(item)
         return out
 
@@ -62,3 +75,25 @@ class AdminAPI:
                 "deliveries": await self.deliveries.history(conversation_id),
             }
         )
+
+    async def outbox(self, request: web.Request) -> web.Response:
+        """CRM and payment writes: ``?status=failed`` lists the ones that gave up."""
+        if not self._authorized(request):
+            raise web.HTTPForbidden(text="missing or wrong admin token")
+        if self.commerce is None:
+            return web.json_response({"jobs": []})
+        jobs = await self.commerce.outbox.jobs(request.query.get("status", ""))
+        return web.json_response({"jobs": [j.to_json() for j in jobs]})
+
+    async def order(self, request: web.Request) -> web.Response:
+        """One order with its status history."""
+        if not self._authorized(request):
+            raise web.HTTPForbidden(text="missing or wrong admin token")
+        order = (
+            await self.commerce.orders.get(request.match_info["order_id"])
+            if self.commerce is not None
+            else None
+        )
+        if order is None:
+            raise web.HTTPNotFound(text="no such order")
+        return web.json_response(order.to_json())

@@ -16,6 +16,11 @@ from aiohttp import web
 
 from channels import channel_class
 from channels.base import ChannelServices, InputChannel, OutputChannel
+from commerce import service as commerce_service
+from commerce.orders import Order
+from commerce.outbox import Job
+from commerce.service import Commerce
+from commerce.webhook import PaymentWebhook
 from i18n.detect import DETECTORS
 from i18n.language import LanguagePolicy
 from i18n.stages import AuthoredResponses, DetectLanguage, LocalizeReplies, TranslateForNLU
@@ -45,11 +50,16 @@ from runtime.coordination import (
 )
 from runtime.deliveries import DeliveryLog
 from runtime.dispatch import Dispatcher
-from runtime.messages import BotReply, InboundMessage, mask_phone
+from runtime.media import MediaHost
+from runtime.messages import SYSTEM_PREFIX, BotReply, InboundMessage, mask_phone
 from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
 from runtime.tracker_store import make_tracker_store
 from runtime.turn import Acknowledge, Deliver, Dialogue, ResolveChoice, Turn
+from voice import make_stt, make_tts, parse_voices
+from voice.stages import ReplyMode, Speak, Transcribe, trigger
+from voice.stt.base import SpeechToText
+from voice.tts.base import TextToSpeech
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +118,15 @@ class Runtime:
         self._inbox: Inbox | None = None
         self.translator: CachingTranslator | None = None
         self.stores: Stores | None = None
+        self.stt: SpeechToText | None = None
+        self.tts: TextToSpeech | None = None
+        v = settings.voice
+        self.media = MediaHost(
+            settings.data_dir / "media", v.media_secret, v.media_ttl_s, settings.public_base
+        )
+        self.commerce = Commerce(settings, self.db)
+        self.commerce.outbox.on_settled = self._outbox_settled
+        self.payment_webhook = PaymentWebhook(self.commerce, self.notify)
         services = ChannelServices(
             settings=settings,
             accept=self.accept,
@@ -160,8 +179,8 @@ class Runtime:
             routes += channel_class(name).closed_routes()
         for channel in self.channels.values():
             routes += channel.routes()
-        admin = AdminAPI(self.settings.rest.admin_token, self.db, self.deliveries)
-        return routes + admin.routes()
+        admin = AdminAPI(self.settings.rest.admin_token, self.db, self.deliveries, self.commerce)
+        return routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
 
     def urls(self, base: str) -> dict[str, list[str]]:
         """Every webhook URL by channel, and whether it is open."""
@@ -188,6 +207,8 @@ class Runtime:
                 if s.engine.workers
                 else RasaEngine(model, endpoint_from_settings(s), s.engine.parse_cache)
             )
+        await self.commerce.start(run_outbox=True)
+        commerce_service.install(self.commerce)
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
         languages = s.languages
@@ -196,14 +217,22 @@ class Runtime:
         authored = await asyncio.to_thread(AuthoredResponses.from_bot, s.path(s.bot.dir))
         self.translator = await start_translator(s, stores.translations)
         nlu_languages = [c.strip() for c in s.i18n.nlu_languages.split(",") if c.strip()]
+        self.stt, self.tts = make_stt(s), make_tts(s)
+        for engine in (self.stt, self.tts):
+            if engine is not None:
+                await engine.start()
+        await self.media.start()
         self._turn = Turn(
             [
                 Acknowledge(),
                 ResolveChoice(stores.choices),
+                Transcribe(self.stt, s.voice, languages, stores.languages),
                 DetectLanguage(policy, stores.languages),
+                ReplyMode(stores.languages),
                 TranslateForNLU(self.translator, nlu_languages, languages[0]),
                 Dialogue(self.engine),
                 LocalizeReplies(self.translator, authored, languages[0]),
+                Speak(self.tts, s.voice, self.media, stores.languages, parse_voices(s)),
                 Deliver(self.deliveries, stores.choices),
             ],
             self._locks,
@@ -234,6 +263,36 @@ class Runtime:
         if pending:
             logger.info("resumed %d of %d unfinished messages", resumed, len(pending))
 
+    async def notify(self, order: Order, intent: str, event_id: str) -> bool:
+        """Push an event about an order into its conversation, on the channel the user
+        used: a turn like any other (lock, dialogue, language, delivery), processed
+        once per event id."""
+        channel = self.channels.get(order.channel)
+        if channel is None or channel.output is None:
+            logger.warning("order %s: channel %r is not open", order.order_id, order.channel)
+            return False
+        msg = InboundMessage(
+            channel=order.channel,
+            conversation_id=order.conversation_id,
+            message_id=f"{SYSTEM_PREFIX}{intent}:{event_id}",
+            text=trigger(intent, order_id=order.order_id),
+            sender=order.address,
+            reply_to=str(order.metadata.get("reply_to") or order.address),
+            reply_from=str(order.metadata.get("reply_from") or ""),
+        )
+        await self.accept(msg, channel.output)
+        return True
+
+    async def _outbox_settled(self, job: Job) -> None:
+        """A payment link the provider could not create during the turn: send it now
+        (or say it failed)."""
+        if job.kind != "payments.checkout":
+            return
+        order = await self.commerce.orders.get(job.payload["order_id"])
+        if order is not None:
+            intent = "payment_link_ready" if job.status == "done" else "payment_link_failed"
+            await self.notify(order, intent, job.key)
+
     def _queue(self, msg: InboundMessage, output: OutputChannel) -> None:
         turn = self.turn
         self.dispatcher.submit(msg.conversation_id, lambda: turn.run(msg, output))
@@ -257,6 +316,12 @@ class Runtime:
             await self.engine.close()
         if self.translator is not None:
             await self.translator.close()
+        for engine in (self.stt, self.tts):
+            if engine is not None:
+                await engine.close()
+        await self.media.close()
+        await self.commerce.close()
+        commerce_service.install(None)
         for closable in (self._locks, self._inbox):
             if closable is not None:
                 await closable.close()

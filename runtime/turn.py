@@ -76,6 +76,8 @@ class Acknowledge:
     """Read receipts where the channel has them (best effort: never fails a turn)."""
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
+        if ctx.inbound.is_system:
+            return ctx
         try:
             await ctx.output.acknowledge(ctx.inbound)
         except Exception as e:

@@ -27,6 +27,7 @@ class Transcript:
     confidence: float  # 0..1
     duration_s: float  # audio duration
     engine: str
+    language_confidence: float = 0.0  # 0..1, how sure the engine is of ``language``
 
 
 class SpeechToText(ABC):

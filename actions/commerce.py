@@ -1,0 +1,242 @@
+"""Built-in commerce actions: sell, take payments and write to the CRM from stories.
+
+Use them in rules, stories and forms like any custom action (list them under
+``actions:`` in domain.yml). They read slots and the channel's phone number, talk to
+the providers through habla's outbox (nothing is lost when a provider is down) and
+set slots the dialogue can branch on:
+
+    checkout_status  link_sent | pending (provider down: the link follows) | failed
+    crm_status       success | pending (will retry) | failed
+    order_id         the order the conversation is about
+
+Replies are domain responses (``utter_checkout_link``, ``utter_payment_succeeded``...)
+with one variation per language, so every sentence stays authored in domain.yml.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+from commerce.catalog import Catalog
+from commerce.orders import Order
+from commerce.outbox import Job
+from commerce.service import Customer, commerce
+
+logger = logging.getLogger(__name__)
+
+CRM_STATUS = {"done": "success", "pending": "pending", "failed": "failed"}
+
+
+def crm_status(job: Job | None) -> list[EventType]:
+    """The slot the dialogue branches on (unset when no CRM is configured)."""
+    return [SlotSet("crm_status", CRM_STATUS[job.status] if job else None)]
+
+
+def customer(tracker: Tracker) -> Customer:
+    meta = tracker.latest_message.get("metadata") or {}
+    # external intents (payment events) carry no channel metadata: use the last user's
+    for event in reversed(tracker.events):
+        if event.get("event") == "user" and (event.get("metadata") or {}).get("channel"):
+            meta = {**event["metadata"], **meta}
+            break
+    return Customer(
+        conversation_id=tracker.sender_id,
+        channel=str(meta.get("channel") or tracker.get_latest_input_channel() or ""),
+        phone=str(meta.get("phone") or ""),
+        email=str(tracker.get_slot("email") or "") if "email" in tracker.slots else "",
+        name=str(meta.get("profile_name") or ""),
+        language=str(tracker.get_slot("language") or ""),
+        reply_to=str(meta.get("reply_to") or ""),
+        reply_from=str(meta.get("reply_from") or ""),
+    )
+
+
+def money(amount_minor: int, currency: str, comma: bool = False) -> str:
+    text = f"{amount_minor / 100:.2f}"
+    return (text.replace(".", ",") if comma else text) + f" {currency}"
+
+
+def order_variables(order: Order) -> dict[str, Any]:
+    items = ", ".join(f"{i['qty']} × {i['name']}" for i in order.items)
+    return {
+        "order_id": order.order_id,
+        "items": items,
+        "amount": money(order.amount_minor, order.currency),
+        "amount_comma": money(order.amount_minor, order.currency, comma=True),
+        "url": order.checkout_url or "",
+    }
+
+
+async def _product(tracker: Tracker) -> tuple[Catalog | None, Any]:
+    service = await commerce()
+    catalog = await service.catalog()
+    wanted = tracker.get_slot("product")
+    product = catalog.find_product(str(wanted)) if catalog is not None and wanted else None
+    return catalog, product
+
+
+class ActionOrderSummary(Action):
+    """Before taking payment: what it costs, and whether to send the link."""
+
+    def name(self) -> str:
+        return "action_order_summary"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        catalog, product = await _product(tracker)
+        if catalog is None or product is None:
+            dispatcher.utter_message(response="utter_which_product_to_buy")
+            return [SlotSet("product", None)]
+        unit = catalog.minor(product.price)
+        response = "utter_confirm_subscription" if product.recurring else "utter_confirm_order"
+        dispatcher.utter_message(
+            response=response,
+            product_name=product.name,
+            amount=money(unit, catalog.currency),
+            amount_comma=money(unit, catalog.currency, comma=True),
+        )
+        return []
+
+
+class ActionCheckout(Action):
+    """Create the order and its payment link, and send it."""
+
+    def name(self) -> str:
+        return "action_checkout"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        catalog, product = await _product(tracker)
+        if catalog is None or product is None:
+            dispatcher.utter_message(response="utter_which_product_to_buy")
+            return [SlotSet("product", None)]
+        service = await commerce()
+        confirmation = str(tracker.latest_message.get("message_id") or len(tracker.events))
+        order, status = await service.place_order(customer(tracker), product, 1, confirmation)
+        variables = order_variables(order)
+        if status == "link_sent":
+            dispatcher.utter_message(response="utter_checkout_link", **variables)
+        elif status == "pending":
+            dispatcher.utter_message(response="utter_checkout_delayed", **variables)
+        else:
+            dispatcher.utter_message(response="utter_checkout_failed", **variables)
+        return [
+            SlotSet("order_id", order.order_id),
+            SlotSet("checkout_status", status),
+            SlotSet("product", None),
+        ]
+
+
+class ActionPaymentUpdate(Action):
+    """Tell the user what happened to a payment (after a provider's webhook)."""
+
+    def name(self) -> str:
+        return "action_payment_update"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        intent = (tracker.latest_message.get("intent") or {}).get("name", "")
+        order_id = next(tracker.get_latest_entity_values("order_id"), None) or tracker.get_slot(
+            "order_id"
+        )
+        service = await commerce()
+        order = await service.orders.get(str(order_id)) if order_id else None
+        if order is None:
+            logger.warning("payment update for unknown order %r", order_id)
+            return []
+        response = {
+            "payment_succeeded": "utter_payment_succeeded",
+            "payment_failed": "utter_payment_failed",
+            "payment_refunded": "utter_payment_refunded",
+            "payment_expired": "utter_payment_expired",
+            "payment_link_ready": "utter_checkout_link",
+            "payment_link_failed": "utter_checkout_failed",
+        }.get(intent)
+        if response is None:
+            return []
+        dispatcher.utter_message(response=response, **order_variables(order))
+        return [SlotSet("order_id", order.order_id), SlotSet("payment_status", order.status)]
+
+
+class ActionRefund(Action):
+    """Refund the conversation's last paid order, with the user's words as the reason."""
+
+    def name(self) -> str:
+        return "action_refund"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        service = await commerce()
+        orders = await service.orders.for_conversation(tracker.sender_id)
+        paid = [o for o in orders if o.status == "paid"]
+        if not paid:
+            dispatcher.utter_message(response="utter_no_order_to_refund")
+            return []
+        order = max(paid, key=lambda o: o.updated_at)
+        reason = str(tracker.latest_message.get("text") or "requested by customer")[:500]
+        status = await service.request_refund(order, reason)
+        variables = order_variables(order)
+        if status == "failed":
+            dispatcher.utter_message(response="utter_refund_failed", **variables)
+        else:
+            dispatcher.utter_message(response="utter_refund_requested", **variables)
+        return [SlotSet("order_id", order.order_id)]
+
+
+class ActionCrmUpsertContact(Action):
+    """Create or update the user's contact in the CRM (by phone, then e-mail)."""
+
+    def name(self) -> str:
+        return "action_crm_upsert_contact"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        job = await (await commerce()).save_contact(customer(tracker))
+        return crm_status(job)
+
+
+class ActionCrmCreateLead(Action):
+    """A lead for the user (e.g. when they ask for a person or a quote)."""
+
+    def name(self) -> str:
+        return "action_crm_create_lead"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        job = await (await commerce()).create_lead(customer(tracker), "whatsapp bot")
+        return crm_status(job)
+
+
+class ActionCrmLogConversation(Action):
+    """Attach the conversation so far to the user's contact as a note."""
+
+    def name(self) -> str:
+        return "action_crm_log_conversation"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        lines = []
+        for event in tracker.events:
+            kind = event.get("event")
+            text = event.get("text")
+            if kind not in ("user", "bot") or not text or str(text).startswith("/"):
+                continue
+            voice = (event.get("metadata") or {}).get("voice") if kind == "user" else None
+            who = "User (voice)" if voice else ("User" if kind == "user" else "Bot")
+            lines.append(f"{who}: {text}")
+        ref = f"{tracker.sender_id}-{len(tracker.events)}"
+        job = await (await commerce()).log_conversation(customer(tracker), "\n".join(lines), ref)
+        return crm_status(job)

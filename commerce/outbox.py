@@ -1,0 +1,291 @@
+"""The outbox: CRM and payment writes that must happen, even when a provider is down.
+
+A write is stored first (idempotent by a key habla chooses, e.g. ``crm.order:<order>``),
+then tried at once. A transient failure (429, 5xx, timeout, connection refused) is
+retried with exponential backoff until it succeeds or reaches the attempt limit; then,
+like a permanent failure, it is recorded as ``failed`` with its last error, visible to
+the operator (``GET /api/outbox``). Every handler is idempotent (the CRM adapters
+upsert by a reference, Stripe gets an idempotency key), so a retry after a timeout
+that did reach the provider creates nothing twice.
+
+Jobs live in the embedded SQLite file, shared by every process on the machine: the
+server process runs the retry loop; the action code in any process may add jobs and
+try them once. A lease stops two processes running one job at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.retry import PermanentError, TransientError
+from runtime.sqlite import SQLite
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at REAL NOT NULL,
+    lease_until REAL NOT NULL,
+    last_error TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+"""
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+COLUMNS = (
+    "id, key, kind, payload, conversation_id, status, attempts, next_at, last_error, "
+    "result, created_at, updated_at"
+)
+
+
+@dataclass
+class Job:
+    id: int
+    key: str
+    kind: str
+    payload: dict[str, Any]
+    conversation_id: str
+    status: str  # pending | done | failed
+    attempts: int
+    next_at: float
+    last_error: str
+    result: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Job:
+        return cls(
+            id=row[0],
+            key=row[1],
+            kind=row[2],
+            payload=json.loads(row[3]),
+            conversation_id=row[4],
+            status=row[5],
+            attempts=row[6],
+            next_at=row[7],
+            last_error=row[8],
+            result=json.loads(row[9]),
+            created_at=row[10],
+            updated_at=row[11],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "status": self.status,
+            "attempts": self.attempts,
+            "next_at": self.next_at,
+            "last_error": self.last_error,
+            "result": self.result,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class Outbox:
+    def __init__(
+        self,
+        db: SQLite,
+        *,
+        max_attempts: int,
+        backoff_s: float,
+        max_delay_s: float = 600.0,
+        lease_s: float = 120.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.handlers: dict[str, Handler] = {}
+        self.max_attempts, self.backoff_s, self.max_delay_s = max_attempts, backoff_s, max_delay_s
+        self.lease_s, self.poll_s = lease_s, poll_s
+        self.on_settled: Callable[[Job], Awaitable[None]] | None = None
+        """Called for jobs the retry loop finished (done or failed): tell the user."""
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    async def setup(self) -> None:
+        await self.db.script(SCHEMA)
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        key: str,
+        conversation_id: str = "",
+        delay_s: float = 0.0,
+    ) -> Job:
+        """Store a job (once per key), due in ``delay_s``; the stored job."""
+        if kind not in self.handlers:
+            raise KeyError(f"no outbox handler for '{kind}'")
+        now = time.time()
+
+        def insert(conn: sqlite3.Connection) -> tuple[Any, ...]:
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox (key, kind, payload, conversation_id, status, "
+                "attempts, next_at, lease_until, last_error, result, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', 0, ?, 0, '', '{}', ?, ?)",
+                (key, kind, json.dumps(payload), conversation_id, now + delay_s, now, now),
+            )
+            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
+            return tuple(row)
+
+        job = Job.from_row(await self.db.run(insert))
+        if not delay_s:
+            self._wake.set()
+        return job
+
+    async def submit(
+        self, kind: str, payload: dict[str, Any], key: str, conversation_id: str = ""
+    ) -> Job:
+        """Store the job and try it once now (unless already done): the job after that.
+
+        The retry loop leaves it alone for a grace period, so the caller (an action) is
+        the one that reports this first attempt; if the process dies, the loop takes over.
+        """
+        job = await self.enqueue(kind, payload, key, conversation_id, delay_s=self.lease_s)
+        if job.status == "pending":
+            job = await self.run_job(job, inline=True)
+        return job
+
+    async def _claim(self, job_id: int, inline: bool) -> bool:
+        now = time.time()
+        due = "" if inline else "AND next_at <= ?"
+        params: tuple[Any, ...] = (now + self.lease_s, job_id, now) + (() if inline else (now,))
+        changed = await self.db.execute(
+            "UPDATE outbox SET lease_until = ? WHERE id = ? AND status = 'pending' "
+            f"AND lease_until < ? {due}",
+            params,
+        )
+        return changed == 1
+
+    async def run_job(self, job: Job, inline: bool = False) -> Job:
+        """One attempt (if the job can be claimed); the job as stored afterwards."""
+        if not await self._claim(job.id, inline):
+            return await self.get(job.key) or job
+        handler = self.handlers[job.kind]
+        attempts = job.attempts + 1
+        now = time.time()
+        try:
+            result = await handler(job.payload)
+        except TransientError as e:
+            if attempts >= self.max_attempts:
+                await self._finish(job.id, "failed", attempts, f"gave up: {e}", {})
+            else:
+                delay = min(self.max_delay_s, self.backoff_s * 2 ** (attempts - 1))
+                if e.retry_after:
+                    delay = max(delay, min(e.retry_after, self.max_delay_s))
+                delay *= random.uniform(0.8, 1.2)
+                await self.db.execute(
+                    "UPDATE outbox SET attempts = ?, next_at = ?, lease_until = 0, "
+                    "last_error = ?, updated_at = ? WHERE id = ?",
+                    (attempts, now + delay, str(e), now, job.id),
+                )
+                logger.info(
+                    "outbox: %s %s failed (%s); attempt %d of %d in %.1f s",
+                    job.kind,
+                    job.key,
+                    e,
+                    attempts,
+                    self.max_attempts,
+                    delay,
+                )
+        except PermanentError as e:
+            await self._finish(job.id, "failed", attempts, str(e), {})
+        except Exception as e:  # a bug in a handler: record it, never lose the job silently
+            logger.exception("outbox: %s %s raised", job.kind, job.key)
+            await self._finish(job.id, "failed", attempts, f"{type(e).__name__}: {e}", {})
+        else:
+            await self._finish(job.id, "done", attempts, "", result)
+        stored = await self.get(job.key)
+        assert stored is not None
+        if stored.status == "failed":
+            logger.error(
+                "outbox: %s %s failed for good after %d attempts: %s",
+                job.kind,
+                job.key,
+                stored.attempts,
+                stored.last_error,
+            )
+        if not inline and stored.status != "pending" and self.on_settled is not None:
+            try:
+                await self.on_settled(stored)
+            except Exception:
+                logger.exception("outbox: settling %s failed", job.key)
+        return stored
+
+    async def _finish(
+        self, job_id: int, status: str, attempts: int, error: str, result: dict[str, Any]
+    ) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET status = ?, attempts = ?, lease_until = 0, last_error = ?, "
+            "result = ?, updated_at = ? WHERE id = ?",
+            (status, attempts, error, json.dumps(result), time.time(), job_id),
+        )
+
+    async def get(self, key: str) -> Job | None:
+        row = await self.db.fetchone(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,))
+        return Job.from_row(row) if row else None
+
+    async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = await self.db.fetchall(
+            f"SELECT {COLUMNS} FROM outbox {where} ORDER BY id DESC LIMIT {int(limit)}", params
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def run_due(self) -> int:
+        """Attempt every job that is due; how many were attempted."""
+        now = time.time()
+        rows = await self.db.fetchall(
+            f"SELECT {COLUMNS} FROM outbox WHERE status = 'pending' AND next_at <= ? "
+            "AND lease_until < ? ORDER BY next_at LIMIT 50",
+            (now, now),
+        )
+        for row in rows:
+            await self.run_job(Job.from_row(row))
+        return len(rows)
+
+    async def start(self) -> None:
+        """Run the retry loop in the background (the server process only)."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.run_due()
+                except Exception:
+                    logger.exception("outbox: retry loop error")
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+        self._loop_task = asyncio.create_task(loop())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None

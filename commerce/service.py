@@ -1,0 +1,447 @@
+"""Commerce in the middle of a conversation: orders, payment links, CRM records.
+
+:class:`Commerce` is what the built-in actions (``actions/commerce.py``) and the Stripe
+webhook use. Every provider write goes through the outbox, so an outage delays it
+but never loses it, and every write is idempotent:
+
+- an order's id comes from the conversation and the message that confirmed it, so a
+  retried action finds the same order instead of creating a second one;
+- the Checkout Session is created with the order id as Stripe's idempotency key, so a
+  retry after a timeout gets the same session (and the buyer one payment link);
+- CRM records are upserted by phone/e-mail and by the order id.
+
+One instance per process: the server installs its own (``install``); action code in a
+worker process or an external action server builds one from the settings on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from commerce.catalog import Catalog, Product, load_catalog
+from commerce.crm.base import CRM, Contact, Deal
+from commerce.orders import Order, OrderStore, make_order_store
+from commerce.outbox import Job, Outbox
+from commerce.payments.base import LineItem, PaymentEvent, Payments
+from runtime.retry import PermanentError, TransientError
+from runtime.settings import Settings
+from runtime.sqlite import SQLite
+
+logger = logging.getLogger(__name__)
+
+EVENT_INTENTS = {
+    "paid": "payment_succeeded",
+    "failed": "payment_failed",
+    "refunded": "payment_refunded",
+    "expired": "payment_expired",
+}
+ORDER_STATUS = {"paid": "paid", "failed": "failed", "refunded": "refunded", "expired": "expired"}
+
+
+@dataclass(frozen=True)
+class Customer:
+    """Who is buying, and where to answer them (from the conversation)."""
+
+    conversation_id: str
+    channel: str
+    phone: str = ""
+    email: str = ""
+    name: str = ""
+    language: str = ""
+    reply_to: str = ""
+    reply_from: str = ""
+
+    def contact(self) -> Contact:
+        first, _, last = self.name.partition(" ")
+        return Contact(
+            phone=self.phone,
+            email=self.email,
+            first_name=first,
+            last_name=last,
+            language=self.language,
+        )
+
+
+def order_id_for(conversation_id: str, confirmation: str, sku: str) -> str:
+    """A stable order id for one confirmation (a retried action gets the same one)."""
+    digest = hashlib.sha256(f"{conversation_id}|{confirmation}|{sku}".encode()).hexdigest()
+    return "HB" + digest[:10].upper()
+
+
+class Commerce:
+    def __init__(
+        self,
+        settings: Settings,
+        db: SQLite,
+        *,
+        crm: CRM | None = None,
+        payments: Payments | None = None,
+        orders: OrderStore | None = None,
+    ) -> None:
+        c = settings.commerce
+        self.settings = settings
+        self.db = db
+        self.crm = crm if crm is not None else make_crm(settings)
+        self.payments = payments if payments is not None else make_payments(settings)
+        self.orders = orders or make_order_store(c.order_store, db, c.mongo_url, c.mongo_database)
+        self.outbox = Outbox(db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s)
+        self.outbox.register("payments.checkout", self._checkout)
+        self.outbox.register("payments.refund", self._refund)
+        self.outbox.register("crm.contact", self._crm_contact)
+        self.outbox.register("crm.order", self._crm_order)
+        self.outbox.register("crm.deal_stage", self._crm_deal_stage)
+        self.outbox.register("crm.note", self._crm_note)
+        self.outbox.register("crm.lead", self._crm_lead)
+
+    async def start(self, run_outbox: bool = False) -> None:
+        await self.outbox.setup()
+        for part in (self.crm, self.payments):
+            if part is not None:
+                await part.start()
+        if hasattr(self.orders, "setup"):
+            await self.orders.setup()
+        if run_outbox:
+            await self.outbox.start()
+
+    async def close(self) -> None:
+        await self.outbox.close()
+        for part in (self.crm, self.payments):
+            if part is not None:
+                await part.close()
+        await self.orders.close()
+
+    async def catalog(self) -> Catalog | None:
+        return await load_catalog(self.settings.path(self.settings.commerce.catalog))
+
+    # ---- orders and payments -------------------------------------------------------
+
+    async def place_order(
+        self, customer: Customer, product: Product, quantity: int, confirmation: str
+    ) -> tuple[Order, str]:
+        """Create (or find) the order and its payment link.
+
+        Returns the order and ``link_sent`` (the link is in ``order.checkout_url``),
+        ``pending`` (the payment provider is down: the link follows when it is back),
+        ``failed`` (it refused) or ``unavailable`` (no payment provider configured).
+        """
+        catalog = await self.catalog()
+        if catalog is None:
+            raise PermanentError("the catalog cannot be read")
+        unit = catalog.minor(product.price)
+        order = Order(
+            order_id=order_id_for(customer.conversation_id, confirmation, product.sku),
+            conversation_id=customer.conversation_id,
+            channel=customer.channel,
+            address=customer.phone,
+            language=customer.language,
+            items=[
+                {
+                    "sku": product.sku,
+                    "name": product.name,
+                    "qty": quantity,
+                    "unit_amount_minor": unit,
+                    "currency": catalog.currency,
+                    "recurring": product.recurring,
+                    "stripe_price": product.stripe_price,
+                }
+            ],
+            amount_minor=unit * quantity,
+            currency=catalog.currency,
+            status="created",
+            metadata={
+                "reply_to": customer.reply_to,
+                "reply_from": customer.reply_from,
+                "email": customer.email,
+                "name": customer.name,
+            },
+        )
+        order, created = await self.orders.create(order)
+        if not created and order.checkout_url:
+            return order, "link_sent"
+        await self.outbox.enqueue(
+            "crm.order",
+            {"order_id": order.order_id},
+            f"crm.order:{order.order_id}",
+            customer.conversation_id,
+        )
+        if self.payments is None:
+            return order, "unavailable"
+        job = await self.outbox.submit(
+            "payments.checkout",
+            {"order_id": order.order_id},
+            f"checkout:{order.order_id}",
+            customer.conversation_id,
+        )
+        fresh = await self.orders.get(order.order_id) or order
+        return fresh, "link_sent" if job.status == "done" else job.status
+
+    async def _checkout(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.payments is not None
+        order = await self.orders.get(payload["order_id"])
+        if order is None:
+            raise PermanentError(f"order {payload['order_id']} does not exist")
+        if order.checkout_url:
+            return {"url": order.checkout_url}
+        items = [
+            LineItem(
+                sku=i["sku"],
+                name=i["name"],
+                unit_amount_minor=int(i["unit_amount_minor"]),
+                currency=i["currency"],
+                quantity=int(i["qty"]),
+                recurring_interval=i.get("recurring", ""),
+            )
+            for i in order.items
+        ]
+        c = self.settings.commerce
+        base = self.settings.public_base
+        success = c.success_url or (f"{base}/shop/thanks" if base else "https://example.com/")
+        link = await self.payments.create_checkout(
+            order_id=order.order_id,
+            conversation_id=order.conversation_id,
+            items=items,
+            customer_email=order.metadata.get("email", ""),
+            success_url=success,
+            cancel_url=success,
+            idempotency_key=f"checkout-{order.order_id}",
+        )
+        await self.orders.update_status(
+            order.order_id,
+            "link_sent",
+            "payment link created",
+            payment_ref=link.provider_id,
+            url=link.url,
+        )
+        return {"url": link.url, "session": link.provider_id}
+
+    async def handle_payment_event(self, event: PaymentEvent) -> tuple[Order, str] | None:
+        """Apply a verified provider event once: the order and the intent to tell the user."""
+        if not await self.orders.record_event(event.event_id):
+            logger.info("payment event %s already processed", event.event_id)
+            return None
+        order = await self.orders.get(event.order_id) if event.order_id else None
+        if order is None and event.provider_ref:
+            order = await self.orders.find_by_payment_ref(event.provider_ref)
+        if order is None:
+            logger.warning("payment event %s: no order %r", event.event_id, event.order_id)
+            return None
+        note = f"{event.raw_type}" + (f": {event.reason}" if event.reason else "")
+        updated = await self.orders.update_status(
+            order.order_id,
+            ORDER_STATUS[event.type],
+            note,
+            payment_ref=event.provider_ref or None,
+        )
+        if updated is None:
+            return None
+        if self.crm is None:
+            pass
+        elif event.type == "paid":
+            await self.outbox.enqueue(
+                "crm.deal_stage",
+                {"order_id": order.order_id, "stage": "won"},
+                f"crm.won:{order.order_id}",
+                order.conversation_id,
+            )
+        elif event.type == "refunded":
+            await self.outbox.enqueue(
+                "crm.deal_stage",
+                {"order_id": order.order_id, "stage": "lost"},
+                f"crm.refunded:{order.order_id}",
+                order.conversation_id,
+            )
+        return updated, EVENT_INTENTS[event.type]
+
+    async def request_refund(self, order: Order, reason: str) -> str:
+        """Ask the provider for a full refund: ``requested``, ``pending`` or ``failed``."""
+        if self.payments is None:
+            return "failed"
+        job = await self.outbox.submit(
+            "payments.refund",
+            {"order_id": order.order_id, "reason": reason},
+            f"refund:{order.order_id}",
+            order.conversation_id,
+        )
+        return "requested" if job.status == "done" else job.status
+
+    async def _refund(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self.payments is not None
+        order = await self.orders.get(payload["order_id"])
+        if order is None or not order.payment_ref:
+            raise PermanentError(f"order {payload['order_id']} has no payment to refund")
+        refund = await self.payments.refund(
+            order.payment_ref,
+            None,
+            payload.get("reason", ""),
+            idempotency_key=f"refund-{order.order_id}",
+        )
+        return {"refund": refund.provider_id, "status": refund.status}
+
+    # ---- CRM ---------------------------------------------------------------------
+
+    async def save_contact(self, customer: Customer) -> Job | None:
+        """Upsert the contact (None without a CRM)."""
+        if self.crm is None:
+            return None
+        return await self.outbox.submit(
+            "crm.contact",
+            {"contact": _contact_json(customer.contact())},
+            f"crm.contact:{customer.conversation_id}:{int(time.time() // 60)}",
+            customer.conversation_id,
+        )
+
+    async def create_lead(self, customer: Customer, source: str) -> Job | None:
+        if self.crm is None:
+            return None
+        ref = f"lead-{hashlib.sha256(customer.conversation_id.encode()).hexdigest()[:12]}"
+        return await self.outbox.submit(
+            "crm.lead",
+            {"contact": _contact_json(customer.contact()), "source": source, "ref": ref},
+            f"crm.lead:{ref}",
+            customer.conversation_id,
+        )
+
+    async def log_conversation(self, customer: Customer, transcript: str, ref: str) -> Job | None:
+        if self.crm is None:
+            return None
+        return await self.outbox.submit(
+            "crm.note",
+            {"contact": _contact_json(customer.contact()), "text": transcript, "ref": ref},
+            f"crm.note:{ref}",
+            customer.conversation_id,
+        )
+
+    def _need_crm(self) -> CRM:
+        if self.crm is None:
+            raise PermanentError("no CRM configured (HABLA_CRM)")
+        return self.crm
+
+    async def _crm_contact(self, payload: dict[str, Any]) -> dict[str, Any]:
+        contact_id = await self._need_crm().upsert_contact(Contact(**payload["contact"]))
+        return {"contact_id": contact_id}
+
+    async def _crm_lead(self, payload: dict[str, Any]) -> dict[str, Any]:
+        crm = self._need_crm()
+        lead_id = await crm.create_lead(
+            Contact(**payload["contact"]), payload["source"], payload["ref"]
+        )
+        return {"lead_id": lead_id}
+
+    async def _crm_note(self, payload: dict[str, Any]) -> dict[str, Any]:
+        crm = self._need_crm()
+        contact_id = await crm.upsert_contact(Contact(**payload["contact"]))
+        note_id = await crm.add_note(
+            contact_id, payload["text"], payload["ref"], payload.get("deal_ref", "")
+        )
+        return {"contact_id": contact_id, "note_id": note_id}
+
+    async def _crm_order(self, payload: dict[str, Any]) -> dict[str, Any]:
+        crm = self._need_crm()
+        order = await self.orders.get(payload["order_id"])
+        if order is None:
+            raise PermanentError(f"order {payload['order_id']} does not exist")
+        name = order.metadata.get("name", "")
+        first, _, last = name.partition(" ")
+        contact = Contact(
+            phone=order.address,
+            email=order.metadata.get("email", ""),
+            first_name=first,
+            last_name=last,
+            language=order.language,
+        )
+        contact_id = await crm.upsert_contact(contact)
+        title = ", ".join(f"{i['qty']} × {i['name']}" for i in order.items)
+        stage = {"paid": "won", "refunded": "lost"}.get(order.status, "open")
+        deal_id = await crm.upsert_deal(
+            Deal(
+                ref=order.order_id,
+                name=f"{order.order_id}: {title}",
+                amount=order.amount_minor / 100,
+                currency=order.currency,
+                stage=stage,
+                contact_id=contact_id,
+            )
+        )
+        return {"contact_id": contact_id, "deal_id": deal_id}
+
+    async def _crm_deal_stage(self, payload: dict[str, Any]) -> dict[str, Any]:
+        crm = self._need_crm()
+        # the deal is created by the crm.order job: make sure it exists (idempotent)
+        created = await self._crm_order({"order_id": payload["order_id"]})
+        deal_id = await crm.move_deal(payload["order_id"], payload["stage"])
+        return {"deal_id": deal_id or created["deal_id"], "stage": payload["stage"]}
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "phone": contact.phone,
+        "email": contact.email,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
+        "language": contact.language,
+    }
+
+
+def make_crm(settings: Settings) -> CRM | None:
+    c = settings.commerce
+    if c.crm == "hubspot":
+        from commerce.crm.hubspot import HubSpotCRM
+
+        return HubSpotCRM(access_token=c.hubspot_token, host=c.hubspot_host)
+    if c.crm == "salesforce":
+        from commerce.crm.salesforce import SalesforceCRM
+
+        return SalesforceCRM(instance_url=c.salesforce_instance_url, session_id=c.salesforce_token)
+    return None
+
+
+def make_payments(settings: Settings) -> Payments | None:
+    c = settings.commerce
+    if c.payments == "stripe":
+        from commerce.payments.stripe import StripePayments
+
+        return StripePayments(
+            api_key=c.stripe_key,
+            webhook_secret=c.stripe_webhook_secret,
+            api_base=c.stripe_api_base,
+            tolerance_s=c.stripe_tolerance_s,
+        )
+    return None
+
+
+# ---- one instance per process -------------------------------------------------------
+
+_installed: Commerce | None = None
+_settings: Settings | None = None
+
+
+def install(service: Commerce | None) -> None:
+    """The server's instance, used by actions running in the server process."""
+    global _installed
+    _installed = service
+
+
+def configure(settings: Settings) -> None:
+    """Settings for building an instance lazily (engine worker processes)."""
+    global _settings
+    _settings = settings
+
+
+async def commerce() -> Commerce:
+    """This process's Commerce (built on first use outside the server process)."""
+    global _installed
+    if _installed is None:
+        from runtime.settings import load_settings
+
+        settings = _settings or load_settings()
+        service = Commerce(settings, SQLite(settings.data_dir / "habla.sqlite3"))
+        await service.start(run_outbox=False)
+        _installed = service
+    return _installed
+
+
+__all__ = ["Commerce", "Customer", "EVENT_INTENTS", "Job", "TransientError", "commerce"]

@@ -1,0 +1,137 @@
+"""The outbox: writes are stored, retried with backoff on transient errors, recorded as
+failed after the limit or on a permanent error, and never run twice at once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from commerce.outbox import Job, Outbox
+from runtime.retry import PermanentError, TransientError
+from runtime.sqlite import SQLite
+
+
+class Flaky:
+    """A handler that fails transiently ``failures`` times, then succeeds."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        self.failures, self.error = failures, error
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(payload)
+        if len(self.calls) <= self.failures:
+            raise self.error or TransientError("503 from provider")
+        return {"id": f"rec-{payload['n']}"}
+
+
+async def make_outbox(tmp_path: Path, **kwargs: Any) -> tuple[Outbox, SQLite]:
+    db = SQLite(tmp_path / "habla.sqlite3")
+    outbox = Outbox(db, max_attempts=kwargs.pop("max_attempts", 5), backoff_s=0.01, **kwargs)
+    await outbox.setup()
+    return outbox, db
+
+
+async def test_transient_failures_are_retried_until_done(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path, poll_s=0.01)
+    handler = Flaky(3)
+    outbox.register("crm.contact", handler)
+    settled: list[Job] = []
+
+    async def on_settled(job: Job) -> None:
+        settled.append(job)
+
+    outbox.on_settled = on_settled
+    job = await outbox.submit("crm.contact", {"n": 1}, "contact:1", "+34600111222")
+    assert job.status == "pending" and job.attempts == 1 and "503" in job.last_error
+    # the grace period keeps the loop off a job its caller just tried: make it due
+    await db.execute("UPDATE outbox SET next_at = 0")
+    await outbox.start()
+    for _ in range(300):
+        stored = await outbox.get("contact:1")
+        assert stored is not None
+        if stored.status != "pending":
+            break
+        await asyncio.sleep(0.01)
+    await outbox.close()
+    assert stored.status == "done" and stored.attempts == 4
+    assert stored.result == {"id": "rec-1"}
+    assert len(handler.calls) == 4
+    assert [j.key for j in settled] == ["contact:1"]  # the loop finished it: caller told
+    await db.close()
+
+
+async def test_same_key_is_one_job(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path)
+    handler = Flaky(0)
+    outbox.register("crm.contact", handler)
+    first = await outbox.submit("crm.contact", {"n": 1}, "contact:1")
+    again = await outbox.submit("crm.contact", {"n": 2}, "contact:1")
+    assert first.status == again.status == "done"
+    assert again.payload == {"n": 1} and len(handler.calls) == 1
+    assert len(await outbox.jobs()) == 1
+    await db.close()
+
+
+async def test_gives_up_after_the_limit_and_is_visible(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path, max_attempts=3)
+    outbox.register("crm.deal", Flaky(99))
+    job = await outbox.enqueue("crm.deal", {"n": 7}, "deal:7")
+    for _ in range(3):
+        await db.execute("UPDATE outbox SET next_at = 0")
+        job = await outbox.run_job(job)
+    assert job.status == "failed" and job.attempts == 3
+    assert job.last_error.startswith("gave up")
+    failed = await outbox.jobs("failed")
+    assert [j.key for j in failed] == ["deal:7"]
+    assert await outbox.run_due() == 0  # failed jobs are not retried
+    await db.close()
+
+
+async def test_permanent_error_is_not_retried(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path)
+    handler = Flaky(1, PermanentError("401 bad token"))
+    outbox.register("crm.contact", handler)
+    job = await outbox.submit("crm.contact", {"n": 1}, "contact:1")
+    assert job.status == "failed" and job.attempts == 1 and "401" in job.last_error
+    assert len(handler.calls) == 1
+    await db.close()
+
+
+async def test_a_leased_job_is_not_run_twice(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path)
+    started, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def slow(payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return {}
+
+    outbox.register("payments.checkout", slow)
+    job = await outbox.enqueue("payments.checkout", {}, "checkout:1")
+    first = asyncio.create_task(outbox.run_job(job))
+    await started.wait()
+    second = await outbox.run_job(job)  # another worker finds it leased
+    assert second.status == "pending" and calls == 1
+    release.set()
+    assert (await first).status == "done"
+    await db.close()
+
+
+async def test_jobs_survive_a_restart(tmp_path: Path) -> None:
+    outbox, db = await make_outbox(tmp_path)
+    outbox.register("crm.note", Flaky(0))
+    await outbox.enqueue("crm.note", {"n": 3}, "note:3")
+    await db.close()  # the process dies before the loop ran it
+
+    outbox, db = await make_outbox(tmp_path)
+    handler = Flaky(0)
+    outbox.register("crm.note", handler)
+    assert await outbox.run_due() == 1
+    stored = await outbox.get("note:3")
+    assert stored is not None and stored.status == "done" and handler.calls == [{"n": 3}]
+    await db.close()
