@@ -28,7 +28,7 @@ from commerce.orders import Order, OrderStore, make_order_store
 from commerce.outbox import Job, Outbox
 from commerce.payments.base import LineItem, PaymentEvent, Payments
 from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Commerce:
         self.db = db
         self.crm = crm if crm is not None else make_crm(settings)
         self.payments = payments if payments is not None else make_payments(settings)
-        self.orders = orders or make_order_store(c.order_store, db, c.mongo_url, c.mongo_database)
+        self._orders = orders
         self.outbox = Outbox(db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s)
         self.outbox.register("payments.checkout", self._checkout)
         self.outbox.register("payments.refund", self._refund)
@@ -97,13 +97,22 @@ class Commerce:
         self.outbox.register("crm.note", self._crm_note)
         self.outbox.register("crm.lead", self._crm_lead)
 
+    @property
+    def orders(self) -> OrderStore:
+        if self._orders is None:
+            raise RuntimeError("Commerce.start() was not awaited")
+        return self._orders
+
     async def start(self, run_outbox: bool = False) -> None:
+        c = self.settings.commerce
+        if self._orders is None:
+            self._orders = await make_order_store(
+                c.order_store, self.db, c.mongo_url, c.mongo_database
+            )
         await self.outbox.setup()
         for part in (self.crm, self.payments):
             if part is not None:
                 await part.start()
-        if hasattr(self.orders, "setup"):
-            await self.orders.setup()
         if run_outbox:
             await self.outbox.start()
 
@@ -112,7 +121,8 @@ class Commerce:
         for part in (self.crm, self.payments):
             if part is not None:
                 await part.close()
-        await self.orders.close()
+        if self._orders is not None:
+            await self._orders.close()
 
     async def catalog(self) -> Catalog | None:
         return await load_catalog(self.settings.path(self.settings.commerce.catalog))
@@ -273,10 +283,11 @@ class Commerce:
         order = await self.orders.get(payload["order_id"])
         if order is None or not order.payment_ref:
             raise PermanentError(f"order {payload['order_id']} has no payment to refund")
+        # the adapter maps free text to the provider's reasons and keeps the words
         refund = await self.payments.refund(
             order.payment_ref,
             None,
-            payload.get("reason", ""),
+            reason=payload.get("reason") or "requested_by_customer",
             idempotency_key=f"refund-{order.order_id}",
         )
         return {"refund": refund.provider_id, "status": refund.status}
@@ -386,16 +397,56 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
     }
 
 
+def field_map(raw: str) -> dict[str, dict[str, str]]:
+    """``HABLA_CRM_FIELD_MAP`` ('contact.language=preferred_language,stage.won=Won,
+    ref=my_ref') as {"contact": {...}, "stage": {...}, "ref": {"": ...}}."""
+    out: dict[str, dict[str, str]] = {"contact": {}, "stage": {}, "ref": {}}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = item.partition("=")
+        group, _, name = key.strip().partition(".")
+        if not sep or group not in out or (group != "ref" and not name):
+            raise SettingsError(
+                [
+                    f"commerce.crm_field_map (HABLA_CRM_FIELD_MAP): {item!r} is not "
+                    "contact.<field>=<name>, stage.<open|won|lost>=<name> or ref=<name>"
+                ]
+            )
+        out[group][name] = value.strip()
+    return out
+
+
 def make_crm(settings: Settings) -> CRM | None:
     c = settings.commerce
+    mapping = field_map(c.crm_field_map)
+    ref = mapping["ref"].get("")
     if c.crm == "hubspot":
         from commerce.crm.hubspot import HubSpotCRM
 
-        return HubSpotCRM(access_token=c.hubspot_token, host=c.hubspot_host)
+        return HubSpotCRM(
+            access_token=c.hubspot_token,
+            host=c.hubspot_host,
+            pipeline=c.hubspot_pipeline,
+            contact_fields=mapping["contact"],
+            stage_map=mapping["stage"],
+            ref_property=ref or "habla_ref",
+        )
     if c.crm == "salesforce":
+        import requests
+
         from commerce.crm.salesforce import SalesforceCRM
 
-        return SalesforceCRM(instance_url=c.salesforce_instance_url, session_id=c.salesforce_token)
+        session = requests.Session()
+        session.trust_env = False  # no proxy or netrc surprises: the configured host only
+        if c.salesforce_ca_bundle:
+            session.verify = str(settings.path(c.salesforce_ca_bundle))
+        return SalesforceCRM(
+            instance_url=c.salesforce_instance_url,
+            session_id=c.salesforce_token,
+            session=session,
+            contact_fields=mapping["contact"],
+            stage_map=mapping["stage"],
+            ref_field=ref or "Habla_Ref__c",
+        )
     return None
 
 
