@@ -131,7 +131,7 @@ def _parse_catalog(raw: object) -> Catalog:
     )
 
 
-def _load_catalog_sync(path: Path) -> Catalog:
+def read_catalog(path: Path) -> Catalog:
     """Read and parse the catalog; cached until the file's mtime changes."""
     key = (str(path), path.stat().st_mtime_ns)
     with _cache_lock:
@@ -152,7 +152,7 @@ async def load_catalog(path: Path | None = None) -> Catalog | None:
     """Load the catalog off the event loop; None (logged) if it can't be read."""
     path = path or catalog_path()
     try:
-        return await asyncio.to_thread(_load_catalog_sync, path)
+        return await asyncio.to_thread(read_catalog, path)
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         logger.exception("Could not load the catalog from %s", path)
         return None

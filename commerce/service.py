@@ -22,9 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from commerce.catalog import Catalog, Product, load_catalog
 from commerce.crm.base import CRM, Contact, Deal
-from commerce.orders import Order, OrderStore, make_order_store
+from commerce.orders import Order, OrderStore, TransitionRefused, make_order_store
 from commerce.outbox import Job, Outbox
 from commerce.payments.base import LineItem, PaymentEvent, Payments
 from runtime.retry import PermanentError, TransientError
@@ -239,13 +241,24 @@ class Commerce:
         if order is None:
             logger.warning("payment event %s: no order %r", event.event_id, event.order_id)
             return None
+        if (
+            event.type == "expired"
+            and order.payment_ref
+            and event.provider_ref != order.payment_ref
+        ):
+            logger.info("order %s: an older checkout expired; ignored", order.order_id)
+            return None
         note = f"{event.raw_type}" + (f": {event.reason}" if event.reason else "")
-        updated = await self.orders.update_status(
-            order.order_id,
-            ORDER_STATUS[event.type],
-            note,
-            payment_ref=event.provider_ref or None,
-        )
+        try:
+            updated = await self.orders.update_status(
+                order.order_id,
+                ORDER_STATUS[event.type],
+                note,
+                payment_ref=event.provider_ref or None,
+            )
+        except TransitionRefused as e:  # out of order (a late failure after the payment)
+            logger.info("order %s: %s ignored (%s)", order.order_id, event.raw_type, e)
+            return None
         if updated is None:
             return None
         if self.crm is None:
@@ -453,9 +466,16 @@ def make_crm(settings: Settings) -> CRM | None:
 def make_payments(settings: Settings) -> Payments | None:
     c = settings.commerce
     if c.payments == "stripe":
+        from commerce.catalog import read_catalog
         from commerce.payments.stripe import StripePayments
 
+        try:  # start-up, before serving: products sold at an existing Stripe Price
+            catalog = read_catalog(settings.path(c.catalog))
+            prices = {p.sku: p.stripe_price for p in catalog.products if p.stripe_price}
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+            raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
         return StripePayments(
+            prices=prices,
             api_key=c.stripe_key,
             webhook_secret=c.stripe_webhook_secret,
             api_base=c.stripe_api_base,

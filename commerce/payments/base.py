@@ -1,0 +1,171 @@
+"""Payments: one base class, adapters registered by the name used in settings.
+
+An adapter creates a hosted checkout link for an order, refunds a payment and turns
+the provider's signed webhook into a :class:`PaymentEvent`. Every write carries an
+idempotency key chosen by habla, so a retry after a timeout never charges or refunds
+twice. Errors are mapped once: :class:`TransientError` (429, 5xx, timeout, connection
+refused) is worth retrying with the same key; :class:`PermanentError` (bad request,
+bad credentials, declined card) is not. Webhooks fail closed: a missing, wrong or
+stale signature raises :class:`WebhookSignatureError`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from runtime.retry import PermanentError, TransientError
+
+EventType = Literal["paid", "failed", "refunded", "expired"]
+INTERVALS = ("", "day", "week", "month", "year")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+
+
+class WebhookSignatureError(Exception):
+    """The webhook is not provably from the provider (missing, wrong or stale
+    signature, or no signing secret configured). Answer 400 and process nothing."""
+
+
+@dataclass(frozen=True)
+class LineItem:
+    sku: str
+    name: str
+    unit_amount_minor: int  # in the currency's minor unit: 1990 is 19.90 EUR
+    currency: str  # ISO 4217, "EUR"
+    quantity: int = 1
+    recurring_interval: str = ""  # "month"/"year" for subscriptions, "" for one-off
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name:
+            problems.append("name is empty")
+        if self.unit_amount_minor < 0:
+            problems.append("unit_amount_minor is negative")
+        if self.quantity < 1:
+            problems.append("quantity is below 1")
+        if not _CURRENCY.match(self.currency):
+            problems.append(f"currency {self.currency!r} is not an ISO 4217 code")
+        if self.recurring_interval not in INTERVALS:
+            problems.append(
+                f"recurring_interval {self.recurring_interval!r} is not one of "
+                f"{', '.join(i for i in INTERVALS if i)}"
+            )
+        if problems:
+            raise ValueError(f"line item {self.sku!r}: " + "; ".join(problems))
+
+    @property
+    def total_minor(self) -> int:
+        return self.unit_amount_minor * self.quantity
+
+
+@dataclass(frozen=True)
+class CheckoutLink:
+    provider_id: str  # the provider's checkout/session id (Stripe: cs_...)
+    url: str  # where the buyer pays
+    expires_at: float  # unix time; 0 when the provider does not say
+
+
+@dataclass(frozen=True)
+class Refund:
+    provider_id: str  # Stripe: re_...
+    status: str  # provider's status: "succeeded", "pending", "failed"...
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """One verified webhook, reduced to what habla's order book needs."""
+
+    event_id: str  # the provider's event id: dedupe deliveries on it
+    type: EventType
+    order_id: str  # from the metadata habla attached; "" if the object carries none
+    conversation_id: str
+    amount_minor: int  # paid, attempted or refunded amount
+    currency: str  # upper-case ISO 4217
+    provider_ref: str  # the refundable payment (pi_...) or, for "expired", the session
+    reason: str  # failure message, "partial" for a partial refund, or ""
+    raw_type: str  # the provider's event type, e.g. "checkout.session.completed"
+
+
+class Payments(ABC):
+    name: ClassVar[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open clients."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients."""
+
+    @abstractmethod
+    async def create_checkout(
+        self,
+        order_id: str,
+        conversation_id: str,
+        items: Sequence[LineItem],
+        *,
+        customer_email: str = "",
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+        expires_at: float = 0,
+    ) -> CheckoutLink:
+        """A hosted payment page for ``items``, tagged with the order and conversation
+        so the webhook can be matched back. The same ``idempotency_key`` with the same
+        arguments returns the same link, so every argument, ``expires_at`` (unix time;
+        0: the provider's default) included, must be the same on a retry."""
+
+    @abstractmethod
+    async def refund(
+        self,
+        payment_ref: str,
+        amount_minor: int | None = None,
+        *,
+        reason: str = "requested_by_customer",
+        idempotency_key: str,
+    ) -> Refund:
+        """Refund ``amount_minor`` (None: all of it) of the payment ``payment_ref``
+        (:attr:`PaymentEvent.provider_ref` of its "paid" event)."""
+
+    @abstractmethod
+    async def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentEvent | None:
+        """Verify and decode one webhook delivery; None for event types habla ignores.
+
+        Raises :class:`WebhookSignatureError` unless the signature is present, valid and
+        recent, and ValueError for a verified body that is not a well-formed event.
+        ``body`` must be the raw bytes as received."""
+
+
+def check_items(items: Sequence[LineItem]) -> None:
+    """The checks every provider needs: something to sell, in one currency."""
+    if not items:
+        raise PermanentError("a checkout needs at least one line item")
+    currencies = {i.currency.upper() for i in items}
+    if len(currencies) > 1:
+        raise PermanentError(f"line items mix currencies: {', '.join(sorted(currencies))}")
+
+
+def header(headers: Mapping[str, str], name: str) -> str:
+    """A header by case-insensitive name from any mapping ('' when absent)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lowered), "")
+
+
+__all__ = [
+    "CheckoutLink",
+    "EventType",
+    "LineItem",
+    "PaymentEvent",
+    "Payments",
+    "PermanentError",
+    "Refund",
+    "TransientError",
+    "WebhookSignatureError",
+    "check_items",
+    "header",
+]
