@@ -131,6 +131,9 @@ def base_env(data_dir: Path, twilio_url: str = "") -> dict[str, str]:
         "HABLA_REST_TOKEN": "rest-token",
         "HABLA_SEND_BACKOFF_S": "0.01",
         "HABLA_SETTINGS": "",
+        # speech engines load models: only the voice tests turn them on
+        "HABLA_STT": "off",
+        "HABLA_TTS": "off",
     }
     if twilio_url:
         env |= {

@@ -63,7 +63,7 @@ def make_tts(settings: Settings) -> TextToSpeech | None:
     cls = _load(TTS_ENGINES[v.tts])
     voices = parse_voices(settings)
     if v.tts == "espeak":
-        return cls()
+        return cls(voices=voices)
     if v.tts == "google":
         return cls(endpoint=v.google_endpoint, voices=voices)
     return cls(key=v.azure_key, region=v.azure_region, host=v.azure_host, voices=voices)

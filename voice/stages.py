@@ -21,6 +21,7 @@ import re
 from dataclasses import replace
 
 from channels.base import MediaError
+from i18n.language import _strip_accents
 from i18n.store import LanguageStore
 from runtime.media import MediaHost
 from runtime.messages import BotReply, MediaRef, mask_phone
@@ -116,8 +117,10 @@ class Transcribe:
         languages = sorted(self.languages, key=lambda c: c != current)
         try:
             transcript = await self.stt.transcribe(data, content_type, languages)
-        except (SpeechError, AudioError) as e:
-            raise _Unusable(f"speech-to-text failed: {e}", retry=True) from e
+        except AudioError as e:
+            raise _Unusable(f"unreadable audio: {e}", retry=False) from e
+        except SpeechError as e:  # an outage: worth saying again; bad audio: not
+            raise _Unusable(f"speech-to-text failed: {e}", retry=e.transient) from e
         if not transcript.text.strip():
             raise _Unusable("no speech heard", retry=True)
         if transcript.confidence < s.min_confidence:
@@ -156,7 +159,7 @@ _VOICE = re.compile(
 
 def requested_mode(text: str) -> str | None:
     """ "text" or "voice" when the message asks for that kind of reply."""
-    cleaned = " ".join(text.strip().split())
+    cleaned = _strip_accents(" ".join(text.strip().lower().split()))
     if len(cleaned) > 60:
         return None
     if _TEXT_ONLY.match(cleaned):

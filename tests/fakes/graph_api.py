@@ -9,6 +9,7 @@ object). Failures can be scripted per request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from typing import Any
 
@@ -29,6 +30,14 @@ class FakeGraphAPI:
         self._changed = asyncio.Condition()
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.media_store: dict[str, tuple[bytes, str]] = {}  # user media id → bytes, type
+        self.media_fetches: list[str] = []
+
+    def add_media(self, data: bytes, content_type: str) -> str:
+        """Media a user sent: its id, as a webhook would carry it."""
+        media_id = f"{next(self._ids) + 900000000000000}"
+        self.media_store[media_id] = (data, content_type)
+        return media_id
 
     def fail_next(self, status: int, code: int, message: str = "error") -> None:
         self.failures.append((status, code, message))
@@ -37,6 +46,8 @@ class FakeGraphAPI:
         app = web.Application()
         app.router.add_post("/{version}/{phone}/messages", self.messages)
         app.router.add_post("/{version}/{phone}/media", self.media)
+        app.router.add_get("/download/{media_id}", self.download)  # before the catch-all
+        app.router.add_get("/{version}/{media_id}", self.media_info)
         self.runner, self.url = await serve(app)
         return self.url
 
@@ -92,6 +103,34 @@ class FakeGraphAPI:
                 "messages": [{"id": wamid}],
             }
         )
+
+    async def media_info(self, request: web.Request) -> web.Response:
+        """GET /{media-id}: the download URL, type, size and hash (token required)."""
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self.error(401, 190, "Invalid OAuth access token.")
+        media_id = request.match_info["media_id"]
+        if media_id not in self.media_store:
+            return self.error(400, 100, "Unsupported get request. Object does not exist")
+        data, content_type = self.media_store[media_id]
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "url": f"{self.url}/download/{media_id}",
+                "mime_type": content_type,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data),
+                "id": media_id,
+            }
+        )
+
+    async def download(self, request: web.Request) -> web.Response:
+        """The media URL also wants the token (Meta answers 404 without it)."""
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.Response(status=404)
+        media_id = request.match_info["media_id"]
+        self.media_fetches.append(media_id)
+        data, content_type = self.media_store[media_id]
+        return web.Response(body=data, content_type=content_type)
 
     async def media(self, request: web.Request) -> web.Response:
         problem = self._check_request(request)

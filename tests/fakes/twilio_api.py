@@ -44,6 +44,15 @@ class FakeTwilioAPI:
         self._changed = asyncio.Condition()
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.media: dict[str, tuple[bytes, str]] = {}  # media sid → (bytes, content type)
+        self.media_fetches: list[str] = []
+
+    def add_media(self, data: bytes, content_type: str) -> str:
+        """Store a user's media as Twilio does; the MediaUrl a webhook would carry."""
+        sid = f"ME{next(self._ids):032x}"
+        self.media[sid] = (data, content_type)
+        message = f"MM{next(self._ids):032x}"
+        return f"{self.url}/2010-04-01/Accounts/{self.account_sid}/Messages/{message}/Media/{sid}"
 
     def fail_next(self, status: int, code: int = 20500, message: str = "error") -> None:
         self.failures.append((status, code, message))
@@ -51,6 +60,10 @@ class FakeTwilioAPI:
     async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create)
+        app.router.add_get(
+            "/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{media}", self.get_media
+        )
+        app.router.add_get("/storage/{media}", self.storage)
         self.runner, self.url = await serve(app, port)
         return self.url
 
@@ -69,6 +82,24 @@ class FakeTwilioAPI:
     def _error(status: int, code: int, message: str) -> web.Response:
         body = {"code": code, "message": message, "more_info": "", "status": status}
         return web.json_response(body, status=status)
+
+    async def get_media(self, request: web.Request) -> web.Response:
+        """A media URL with Basic auth redirects to short-lived storage, as Twilio does."""
+        if not self._authorized(request):
+            self.rejected_auth += 1
+            return self._error(401, 20003, "Authenticate")
+        media = request.match_info["media"]
+        if request.match_info["sid"] != self.account_sid or media not in self.media:
+            return self._error(404, 20404, "The requested resource was not found")
+        raise web.HTTPFound(f"/storage/{media}")
+
+    async def storage(self, request: web.Request) -> web.Response:
+        media = request.match_info["media"]
+        if media not in self.media:
+            return web.Response(status=404)
+        self.media_fetches.append(media)
+        data, content_type = self.media[media]
+        return web.Response(body=data, content_type=content_type)
 
     async def create(self, request: web.Request) -> web.Response:
         self.attempts += 1

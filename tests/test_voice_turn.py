@@ -1,0 +1,234 @@
+"""Voice notes through the whole turn, on both WhatsApp channels, with the offline
+engines running for real (faster-whisper base, espeak-ng): a Spanish voice note gets
+a Spanish voice-note reply; bad audio gets a clear answer in the user's language."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+
+from runtime.app import Runtime
+from tests.conftest import (
+    PUBLIC_URL,
+    SHARED_DATA,
+    ServerFactory,
+    post_twilio,
+    whatsapp_env,
+    whatsapp_form,
+)
+from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.test_whatsapp import envelope, post
+from voice.audio import pcm_to_ogg_opus
+from voice.tts.espeak import EspeakTTS
+
+LEOPARD = SHARED_DATA / "speech" / "picovoice-leopard" / "resources" / "audio_samples"
+# espeak-ng's voice is hard for Whisper base: a beam of 5 hears the test questions right
+VOICE_ON = {"HABLA_STT": "whisper", "HABLA_TTS": "espeak", "HABLA_WHISPER_BEAM_SIZE": "5"}
+
+
+@pytest.fixture(scope="module")
+async def notes() -> dict[str, bytes]:
+    """Voice notes as WhatsApp sends them (OGG/Opus): spoken questions, a real clip."""
+    tts = EspeakTTS(rate=130)  # slower than replies: clearer for Whisper base
+    spoken = {"hours_es": ("¿Cuál es el horario de la tienda?", "es")}
+    out = {k: (await tts.synthesize(text, lang)).audio for k, (text, lang) in spoken.items()}
+    for lang in ("es", "pt"):
+        wav = (LEOPARD / f"test_{lang}.wav").read_bytes()
+        out[f"leopard_{lang}"] = await asyncio.to_thread(pcm_to_ogg_opus, wav)
+    silence = np.zeros(16000 * 3, dtype=np.float32)
+    out["silence"] = await asyncio.to_thread(pcm_to_ogg_opus, silence, 16000)
+    return out
+
+
+async def fetch_own_media(client: TestClient, url: str) -> tuple[int, bytes, str]:
+    """Fetch a voice-note URL the bot handed the provider (served by the app itself)."""
+    assert url.startswith(PUBLIC_URL + "/media/")
+    parsed = urlparse(url)
+    resp = await client.get(f"{parsed.path}?{parsed.query}")
+    return resp.status, await resp.read(), resp.headers.get("Content-Type", "")
+
+
+class Twilio:
+    def __init__(self, client: TestClient, runtime: Runtime, api: FakeTwilioAPI) -> None:
+        self.client, self.runtime, self.api = client, runtime, api
+        self.user = "+34600777111"
+
+    async def send(self, body: str, **fields: str) -> list[Any]:
+        before = len(self.api.sent)
+        resp = await post_twilio(self.client, whatsapp_form(body, user=self.user, **fields))
+        assert resp.status == 200
+        assert await self.runtime.dispatcher.wait_idle(120)
+        return self.api.sent[before:]
+
+    async def voice(self, data: bytes, content_type: str = "audio/ogg") -> list[Any]:
+        url = self.api.add_media(data, content_type)
+        return await self.send(
+            "", NumMedia="1", MediaUrl0=url, MediaContentType0=content_type, MessageType="audio"
+        )
+
+
+@pytest.fixture
+async def twilio(make_server: ServerFactory, twilio_api: FakeTwilioAPI) -> Twilio:
+    from tests.conftest import base_env
+
+    env = base_env(Path("unused"), twilio_api.url) | VOICE_ON
+    env.pop("HABLA_DATA_DIR")
+    client, runtime = await make_server(env=env)
+    return Twilio(client, runtime, twilio_api)
+
+
+async def test_spanish_voice_note_over_twilio_gets_a_spanish_voice_reply(
+    twilio: Twilio, notes: dict[str, bytes]
+) -> None:
+    sent = await twilio.voice(notes["hours_es"])
+    audio = [m for m in sent if m.media_urls]
+    text = [m for m in sent if m.body]
+    assert len(audio) == 1 and not audio[0].body, sent
+    assert text and "lunes a viernes" in text[0].body  # utter_opening_hours, Spanish
+    assert twilio.api.media_fetches  # the note was downloaded with the account's auth
+    status, body, content_type = await fetch_own_media(twilio.client, audio[0].media_urls[0])
+    assert status == 200 and content_type == "audio/ogg"
+    assert body.startswith(b"OggS") and b"OpusHead" in body
+
+    # the transcript, its language, confidence and duration are kept with the message
+    convo = twilio.runtime.conversation_id("twilio", twilio.user)
+    rows = await twilio.runtime.db.fetchall(
+        "SELECT data FROM events WHERE sender_id = ? AND type_name = 'user'", (convo,)
+    )
+    voice = json.loads(rows[-1][0])["metadata"]["voice"]
+    assert voice["language"] == "es" and voice["engine"] == "whisper"
+    assert "horario" in voice["transcript"].lower()
+    assert 0 < voice["confidence"] <= 1 and 1 < voice["duration_s"] < 10
+
+
+async def test_a_real_spanish_recording_is_transcribed(
+    twilio: Twilio, notes: dict[str, bytes]
+) -> None:
+    await twilio.voice(notes["leopard_es"])
+    convo = twilio.runtime.conversation_id("twilio", twilio.user)
+    rows = await twilio.runtime.db.fetchall(
+        "SELECT data FROM events WHERE sender_id = ? AND type_name = 'user'", (convo,)
+    )
+    voice = json.loads(rows[-1][0])["metadata"]["voice"]
+    expected = "las arenas son blanquecinas de grano medio y tiene muy poca asistencia"
+    words = set(voice["transcript"].lower().replace(".", "").replace(",", "").split())
+    assert voice["language"] == "es"
+    assert len(words & set(expected.split())) >= 8, voice["transcript"]
+
+
+async def test_text_only_sticks_and_voice_comes_back(
+    twilio: Twilio, notes: dict[str, bytes]
+) -> None:
+    await twilio.send("hola, buenas tardes")
+    [reply] = await twilio.send("solo texto por favor")
+    assert "por escrito" in reply.body  # utter_reply_text_only, Spanish
+    sent = await twilio.voice(notes["hours_es"])
+    assert sent and not any(m.media_urls for m in sent)  # text only now
+    assert "lunes a viernes" in sent[0].body
+    [reply] = await twilio.send("respóndeme con audio")
+    assert "notas de voz" in reply.body
+    sent = await twilio.voice(notes["hours_es"])
+    assert any(m.media_urls for m in sent)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "expected"),
+    [
+        (b"", "audio/ogg", "repetirlo"),  # nothing to hear: say it again
+        (b"OggS\x00garbage" * 40, "audio/ogg", "no puedo escuchar"),  # corrupt
+        (b"\x89PNG\r\n\x1a\n" + b"0" * 200, "image/png", None),  # not audio: an image
+    ],
+    ids=["zero-bytes", "corrupt-ogg", "wrong-type"],
+)
+async def test_bad_audio_gets_a_clear_reply_in_the_users_language(
+    twilio: Twilio, data: bytes, content_type: str, expected: str | None
+) -> None:
+    await twilio.send("hola, buenas tardes")  # the conversation is in Spanish
+    sent = await twilio.voice(data, content_type)
+    assert sent, "no reply"
+    if expected is None:  # an image is not a voice note: the dialogue answers it
+        assert not any(m.media_urls for m in sent)
+        return
+    assert expected in sent[-1].body
+    [again] = await twilio.send("¿cuál es el horario?")  # the conversation goes on
+    assert "lunes a viernes" in again.body
+
+
+async def test_silence_asks_to_repeat(twilio: Twilio, notes: dict[str, bytes]) -> None:
+    await twilio.send("hola, buenas tardes")
+    sent = await twilio.voice(notes["silence"])
+    assert any("repetirlo" in m.body for m in sent)
+
+
+async def test_too_long_is_refused_in_portuguese(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, notes: dict[str, bytes]
+) -> None:
+    from tests.conftest import base_env
+
+    env = base_env(Path("unused"), twilio_api.url) | VOICE_ON | {"HABLA_VOICE_MAX_SECONDS": "2"}
+    env.pop("HABLA_DATA_DIR")
+    client, runtime = await make_server(env=env)
+    user = Twilio(client, runtime, twilio_api)
+    await user.send("olá, boa tarde")
+    sent = await user.voice(notes["leopard_pt"])  # 5 s
+    assert any("não consigo ouvir" in m.body for m in sent)
+
+
+async def test_portuguese_voice_note_over_the_cloud_api(
+    make_server: ServerFactory, graph_api: FakeGraphAPI, notes: dict[str, bytes]
+) -> None:
+    client, runtime = await make_server(env=whatsapp_env(graph_api.url) | VOICE_ON)
+    user = "351912345678"
+    media_id = graph_api.add_media(notes["leopard_pt"], "audio/ogg; codecs=opus")
+    message = {
+        "from": user,
+        "id": "wamid.VOICE1",
+        "timestamp": str(int(time.time())),
+        "type": "audio",
+        "audio": {"mime_type": "audio/ogg; codecs=opus", "id": media_id, "voice": True},
+    }
+    contacts = [{"profile": {"name": "João"}, "wa_id": user}]
+    resp = await post(client, envelope([message], contacts=contacts))
+    assert resp.status == 200
+    assert await runtime.dispatcher.wait_idle(120)
+    assert graph_api.media_fetches == [media_id]  # id → URL → bytes, with the token
+    sent = [m for m in graph_api.sent if m["to"] == user]
+    audio = [m for m in sent if m["type"] == "audio"]
+    texts = [m["text"]["body"] for m in sent if m["type"] == "text"]
+    assert len(audio) == 1 and audio[0]["audio"]["link"].startswith(PUBLIC_URL + "/media/")
+    # a sentence about sand is not a shop question: the Portuguese fallback answers it
+    assert texts and all(t.startswith("Desculpe") for t in texts), texts
+    status, body, _ = await fetch_own_media(client, audio[0]["audio"]["link"])
+    assert status == 200 and body.startswith(b"OggS")
+
+
+async def test_cloud_api_can_upload_instead_of_linking(
+    make_server: ServerFactory, graph_api: FakeGraphAPI, notes: dict[str, bytes]
+) -> None:
+    env = whatsapp_env(graph_api.url) | VOICE_ON | {"HABLA_WHATSAPP_UPLOAD_MEDIA": "true"}
+    client, runtime = await make_server(env=env)
+    user = "34600555444"
+    media_id = graph_api.add_media(notes["hours_es"], "audio/ogg; codecs=opus")
+    message = {
+        "from": user,
+        "id": "wamid.VOICE2",
+        "timestamp": str(int(time.time())),
+        "type": "audio",
+        "audio": {"mime_type": "audio/ogg; codecs=opus", "id": media_id, "voice": True},
+    }
+    resp = await post(client, envelope([message], contacts=[{"wa_id": user}]))
+    assert resp.status == 200
+    assert await runtime.dispatcher.wait_idle(120)
+    [upload] = graph_api.uploads
+    assert upload["type"] == "audio/ogg" and upload["bytes"].startswith(b"OggS")
+    audio = [m for m in graph_api.sent if m["to"] == user and m["type"] == "audio"]
+    assert audio == [audio[0]] and audio[0]["audio"] == {"id": upload["id"]}
