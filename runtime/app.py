@@ -8,6 +8,7 @@ and hands channels only the callables they need. Nothing is reached through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class Runtime:
         self.translator: CachingTranslator | None = None
         self.stores: Stores | None = None
         self.stt: SpeechToText | None = None
+        self._warmups: list[asyncio.Task[None]] = []
         self.tts: TextToSpeech | None = None
         v = settings.voice
         self.media = MediaHost(
@@ -218,9 +220,11 @@ class Runtime:
         self.translator = await start_translator(s, stores.translations)
         nlu_languages = [c.strip() for c in s.i18n.nlu_languages.split(",") if c.strip()]
         self.stt, self.tts = make_stt(s), make_tts(s)
-        for engine in (self.stt, self.tts):
-            if engine is not None:
-                await engine.start()
+        # speech models load in the background: the server answers text at once, and
+        # a voice note that arrives first waits for its engine (engines start lazily)
+        self._warmups = [
+            asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
+        ]
         await self.media.start()
         self._turn = Turn(
             [
@@ -262,6 +266,13 @@ class Runtime:
                 await self.inbox.done(msg, "failed")
         if pending:
             logger.info("resumed %d of %d unfinished messages", resumed, len(pending))
+
+    @staticmethod
+    async def _warm_up(engine: SpeechToText | TextToSpeech) -> None:
+        try:
+            await engine.start()
+        except Exception:
+            logger.exception("speech engine '%s' did not start", engine.name)
 
     async def notify(self, order: Order, intent: str, event_id: str) -> bool:
         """Push an event about an order into its conversation, on the channel the user
@@ -316,6 +327,10 @@ class Runtime:
             await self.engine.close()
         if self.translator is not None:
             await self.translator.close()
+        for task in self._warmups:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for engine in (self.stt, self.tts):
             if engine is not None:
                 await engine.close()

@@ -48,6 +48,7 @@ async def test_transient_failures_are_retried_until_done(tmp_path: Path) -> None
     # the grace period keeps the loop off a job its caller just tried: make it due
     await db.execute("UPDATE outbox SET next_at = 0")
     await outbox.start()
+    stored: Job | None = None
     for _ in range(300):
         stored = await outbox.get("contact:1")
         assert stored is not None
@@ -55,6 +56,7 @@ async def test_transient_failures_are_retried_until_done(tmp_path: Path) -> None
             break
         await asyncio.sleep(0.01)
     await outbox.close()
+    assert stored is not None
     assert stored.status == "done" and stored.attempts == 4
     assert stored.result == {"id": "rec-1"}
     assert len(handler.calls) == 4

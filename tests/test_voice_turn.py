@@ -31,8 +31,7 @@ from voice.audio import pcm_to_ogg_opus
 from voice.tts.espeak import EspeakTTS
 
 LEOPARD = SHARED_DATA / "speech" / "picovoice-leopard" / "resources" / "audio_samples"
-# espeak-ng's voice is hard for Whisper base: a beam of 5 hears the test questions right
-VOICE_ON = {"HABLA_STT": "whisper", "HABLA_TTS": "espeak", "HABLA_WHISPER_BEAM_SIZE": "5"}
+VOICE_ON = {"HABLA_STT": "whisper", "HABLA_TTS": "espeak"}
 
 
 @pytest.fixture(scope="module")
