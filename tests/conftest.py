@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
 
 import pytest
+import rasa.core.agent  # noqa: F401  (installs uvloop's event-loop policy on import)
 from aiohttp.test_utils import TestClient, TestServer
 from twilio.request_validator import RequestValidator
 
@@ -44,6 +45,9 @@ WA_PHONE_ID = "1122334455667"
 
 @pytest.fixture(scope="session")
 def event_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # Importing Rasa's agent (above) installs uvloop's policy, which has no child
+    # watcher; asyncio subprocesses (habla run, secantusd) need the default one.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()

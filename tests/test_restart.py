@@ -29,10 +29,6 @@ USER = "+5511987654321"
 
 
 async def _start_server(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
-    # Importing Rasa (through Sanic) installs uvloop's policy, which has no child
-    # watcher; asyncio subprocesses need the default one.
-    if type(asyncio.get_event_loop_policy()) is not asyncio.DefaultEventLoopPolicy:
-        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -28,7 +28,6 @@ from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.twilio_api import FakeTwilioAPI
 from tests.test_whatsapp import envelope, post
 from voice.audio import pcm_to_ogg_opus
-from voice.tts.espeak import EspeakTTS
 
 LEOPARD = SHARED_DATA / "speech" / "picovoice-leopard" / "resources" / "audio_samples"
 VOICE_ON = {"HABLA_STT": "whisper", "HABLA_TTS": "espeak"}
@@ -36,16 +35,21 @@ VOICE_ON = {"HABLA_STT": "whisper", "HABLA_TTS": "espeak"}
 
 @pytest.fixture(scope="module")
 async def notes() -> dict[str, bytes]:
-    """Voice notes as WhatsApp sends them (OGG/Opus): spoken questions, a real clip."""
-    tts = EspeakTTS(rate=130)  # slower than replies: clearer for Whisper base
-    spoken = {"hours_es": ("¿Cuál es el horario de la tienda?", "es")}
-    out = {k: (await tts.synthesize(text, lang)).audio for k, (text, lang) in spoken.items()}
+    """Voice notes as WhatsApp sends them (OGG/Opus): real recordings, and silence."""
+    # Human recordings: Whisper base hears espeak-ng's robotic Spanish unreliably (see
+    # bench.voice), so the questions a shop gets come through the cloud engines' fakes.
+    out: dict[str, bytes] = {}
     for lang in ("es", "pt"):
         wav = (LEOPARD / f"test_{lang}.wav").read_bytes()
         out[f"leopard_{lang}"] = await asyncio.to_thread(pcm_to_ogg_opus, wav)
     silence = np.zeros(16000 * 3, dtype=np.float32)
     out["silence"] = await asyncio.to_thread(pcm_to_ogg_opus, silence, 16000)
     return out
+
+
+def spanish(text: str) -> bool:
+    """One of the example bot's Spanish responses (they all open like this)."""
+    return text.startswith(("¿", "¡", "Lo siento", "Perdona", "Abrimos", "Enviamos"))
 
 
 async def fetch_own_media(client: TestClient, url: str) -> tuple[int, bytes, str]:
@@ -88,11 +92,11 @@ async def twilio(make_server: ServerFactory, twilio_api: FakeTwilioAPI) -> Twili
 async def test_spanish_voice_note_over_twilio_gets_a_spanish_voice_reply(
     twilio: Twilio, notes: dict[str, bytes]
 ) -> None:
-    sent = await twilio.voice(notes["hours_es"])
+    sent = await twilio.voice(notes["leopard_es"])
     audio = [m for m in sent if m.media_urls]
     text = [m for m in sent if m.body]
     assert len(audio) == 1 and not audio[0].body, sent
-    assert text and "lunes a viernes" in text[0].body  # utter_opening_hours, Spanish
+    assert text and spanish(text[0].body), text  # a sentence about sand: NLU guesses
     assert twilio.api.media_fetches  # the note was downloaded with the account's auth
     status, body, content_type = await fetch_own_media(twilio.client, audio[0].media_urls[0])
     assert status == 200 and content_type == "audio/ogg"
@@ -105,19 +109,7 @@ async def test_spanish_voice_note_over_twilio_gets_a_spanish_voice_reply(
     )
     voice = json.loads(rows[-1][0])["metadata"]["voice"]
     assert voice["language"] == "es" and voice["engine"] == "whisper"
-    assert "horario" in voice["transcript"].lower()
-    assert 0 < voice["confidence"] <= 1 and 1 < voice["duration_s"] < 10
-
-
-async def test_a_real_spanish_recording_is_transcribed(
-    twilio: Twilio, notes: dict[str, bytes]
-) -> None:
-    await twilio.voice(notes["leopard_es"])
-    convo = twilio.runtime.conversation_id("twilio", twilio.user)
-    rows = await twilio.runtime.db.fetchall(
-        "SELECT data FROM events WHERE sender_id = ? AND type_name = 'user'", (convo,)
-    )
-    voice = json.loads(rows[-1][0])["metadata"]["voice"]
+    assert 0 < voice["confidence"] <= 1 and 5 < voice["duration_s"] < 10
     expected = "las arenas son blanquecinas de grano medio y tiene muy poca asistencia"
     words = set(voice["transcript"].lower().replace(".", "").replace(",", "").split())
     assert voice["language"] == "es"
@@ -130,12 +122,12 @@ async def test_text_only_sticks_and_voice_comes_back(
     await twilio.send("hola, buenas tardes")
     [reply] = await twilio.send("solo texto por favor")
     assert "por escrito" in reply.body  # utter_reply_text_only, Spanish
-    sent = await twilio.voice(notes["hours_es"])
+    sent = await twilio.voice(notes["leopard_es"])
     assert sent and not any(m.media_urls for m in sent)  # text only now
-    assert "lunes a viernes" in sent[0].body
+    assert spanish(sent[0].body)
     [reply] = await twilio.send("respóndeme con audio")
     assert "notas de voz" in reply.body
-    sent = await twilio.voice(notes["hours_es"])
+    sent = await twilio.voice(notes["leopard_es"])
     assert any(m.media_urls for m in sent)
 
 
@@ -216,7 +208,7 @@ async def test_cloud_api_can_upload_instead_of_linking(
     env = whatsapp_env(graph_api.url) | VOICE_ON | {"HABLA_WHATSAPP_UPLOAD_MEDIA": "true"}
     client, runtime = await make_server(env=env)
     user = "34600555444"
-    media_id = graph_api.add_media(notes["hours_es"], "audio/ogg; codecs=opus")
+    media_id = graph_api.add_media(notes["leopard_es"], "audio/ogg; codecs=opus")
     message = {
         "from": user,
         "id": "wamid.VOICE2",
@@ -231,3 +223,65 @@ async def test_cloud_api_can_upload_instead_of_linking(
     assert upload["type"] == "audio/ogg" and upload["bytes"].startswith(b"OggS")
     audio = [m for m in graph_api.sent if m["to"] == user and m["type"] == "audio"]
     assert audio == [audio[0]] and audio[0]["audio"] == {"id": upload["id"]}
+
+
+async def test_with_google_configured_google_is_used(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, notes: dict[str, bytes]
+) -> None:
+    from tests.conftest import base_env
+    from tests.fakes.google_speech import FakeGoogleSpeech
+
+    google = FakeGoogleSpeech()
+    target = await google.start()
+    try:
+        env = base_env(Path("unused"), twilio_api.url) | {
+            "HABLA_STT": "google",
+            "HABLA_TTS": "google",
+            "HABLA_GOOGLE_SPEECH_ENDPOINT": target,
+            "HABLA_TTS_VOICES": "es=es-ES-Neural2-A",
+        }
+        env.pop("HABLA_DATA_DIR")
+        client, runtime = await make_server(env=env)
+        google.answer("¿Cuál es el horario de la tienda?", language_code="es-es")
+        sent = await Twilio(client, runtime, twilio_api).voice(notes["leopard_es"])
+        request = google.last_recognition
+        assert request.config.encoding.name == "OGG_OPUS"
+        assert request.config.language_code == "en-US"  # the default language first
+        assert set(request.config.alternative_language_codes) == {"es-ES", "pt-BR"}
+        synthesis = google.last_synthesis
+        assert synthesis.voice.name == "es-ES-Neural2-A"
+        assert synthesis.audio_config.audio_encoding.name == "OGG_OPUS"
+        assert any(m.media_urls for m in sent)
+        assert any("lunes a viernes" in m.body for m in sent)
+    finally:
+        await google.close()
+
+
+async def test_with_azure_configured_azure_is_used(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, notes: dict[str, bytes]
+) -> None:
+    from tests.conftest import base_env
+    from tests.fakes.azure_speech import FakeAzureSpeech, Phrase
+
+    azure = FakeAzureSpeech("azure-key")
+    host = await azure.start()
+    try:
+        env = base_env(Path("unused"), twilio_api.url) | {
+            "HABLA_STT": "azure",
+            "HABLA_TTS": "azure",
+            "AZURE_SPEECH_KEY": "azure-key",
+            "HABLA_AZURE_SPEECH_HOST": host,
+        }
+        env.pop("HABLA_DATA_DIR")
+        client, runtime = await make_server(env=env)
+        azure.answer(Phrase("¿Cuál es el horario de la tienda?", "es-ES", 0.93))
+        sent = await Twilio(client, runtime, twilio_api).voice(notes["leopard_es"])
+        [recognition] = azure.recognitions
+        assert set(recognition.candidates) == {"en-US", "es-ES", "pt-BR"}
+        assert recognition.audio_bytes > 16000  # PCM of the note, 16 kHz 16-bit mono
+        [synthesis] = azure.syntheses
+        assert 'xml:lang="es-ES"' in synthesis.ssml and "lunes a viernes" in synthesis.ssml
+        assert any(m.media_urls for m in sent)
+        assert any("lunes a viernes" in m.body for m in sent)
+    finally:
+        await azure.close()
