@@ -16,6 +16,7 @@ with one variation per language, so every sentence stays authored in domain.yml.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from typing import Any
 
 from rasa_sdk import Action, Tracker
@@ -26,7 +27,7 @@ from rasa_sdk.types import DomainDict
 from commerce.catalog import Catalog
 from commerce.orders import Order
 from commerce.outbox import Job
-from commerce.service import Customer, commerce
+from commerce.service import Commerce, Customer, commerce
 
 logger = logging.getLogger(__name__)
 
@@ -193,41 +194,48 @@ class ActionRefund(Action):
         return [SlotSet("order_id", order.order_id)]
 
 
-class ActionCrmUpsertContact(Action):
+class CrmAction(Action, ABC):
+    """A CRM write for the conversation's user; sets ``crm_status``."""
+
+    action_name = ""
+
+    def name(self) -> str:
+        return self.action_name
+
+    @abstractmethod
+    async def write(self, service: Commerce, tracker: Tracker) -> Job | None:
+        """Submit the write to the outbox (None when no CRM is configured)."""
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        return crm_status(await self.write(await commerce(), tracker))
+
+
+class ActionCrmUpsertContact(CrmAction):
     """Create or update the user's contact in the CRM (by phone, then e-mail)."""
 
-    def name(self) -> str:
-        return "action_crm_upsert_contact"
+    action_name = "action_crm_upsert_contact"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[EventType]:
-        job = await (await commerce()).save_contact(customer(tracker))
-        return crm_status(job)
+    async def write(self, service: Commerce, tracker: Tracker) -> Job | None:
+        return await service.save_contact(customer(tracker))
 
 
-class ActionCrmCreateLead(Action):
+class ActionCrmCreateLead(CrmAction):
     """A lead for the user (e.g. when they ask for a person or a quote)."""
 
-    def name(self) -> str:
-        return "action_crm_create_lead"
+    action_name = "action_crm_create_lead"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[EventType]:
-        job = await (await commerce()).create_lead(customer(tracker), "whatsapp bot")
-        return crm_status(job)
+    async def write(self, service: Commerce, tracker: Tracker) -> Job | None:
+        return await service.create_lead(customer(tracker), "whatsapp bot")
 
 
-class ActionCrmLogConversation(Action):
+class ActionCrmLogConversation(CrmAction):
     """Attach the conversation so far to the user's contact as a note."""
 
-    def name(self) -> str:
-        return "action_crm_log_conversation"
+    action_name = "action_crm_log_conversation"
 
-    async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
-    ) -> list[EventType]:
+    async def write(self, service: Commerce, tracker: Tracker) -> Job | None:
         lines = []
         for event in tracker.events:
             kind = event.get("event")
@@ -238,5 +246,4 @@ class ActionCrmLogConversation(Action):
             who = "User (voice)" if voice else ("User" if kind == "user" else "Bot")
             lines.append(f"{who}: {text}")
         ref = f"{tracker.sender_id}-{len(tracker.events)}"
-        job = await (await commerce()).log_conversation(customer(tracker), "\n".join(lines), ref)
-        return crm_status(job)
+        return await service.log_conversation(customer(tracker), "\n".join(lines), ref)

@@ -185,11 +185,27 @@ class Runtime:
         return routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
 
     def urls(self, base: str) -> dict[str, list[str]]:
-        """Every webhook URL by channel, and whether it is open."""
+        """Every webhook URL by channel (and the payment provider's)."""
         out = {}
         for name in list(self.channels) + list(self.closed_channels):
             out[name] = [base + p for p in channel_class(name).url_paths()]
+        out["stripe"] = [base + self.payment_webhook.path]
         return out
+
+    @property
+    def closed_endpoints(self) -> dict[str, list[str]]:
+        """Webhooks that answer 403, with the settings that would open them."""
+        c = self.settings.commerce
+        missing = [
+            name
+            for name, ok in (
+                ("HABLA_PAYMENTS=stripe", c.payments == "stripe"),
+                ("STRIPE_API_KEY", bool(c.stripe_key)),
+                ("STRIPE_WEBHOOK_SECRET", bool(c.stripe_webhook_secret)),
+            )
+            if not ok
+        ]
+        return self.closed_channels | ({"stripe": missing} if missing else {})
 
     async def start(self) -> None:
         s = self.settings

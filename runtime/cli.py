@@ -103,7 +103,7 @@ async def serve(s: Settings) -> None:
         await site.start()
         base = f"http://{s.server.host}:{s.server.port}"
         runtime = app[RUNTIME]
-        print_urls(s, runtime.urls(base), runtime.closed_channels)
+        print_urls(s, runtime.urls(base), runtime.closed_endpoints)
         await stop.wait()
         print("habla: stopping (finishing turns in progress)...", flush=True)
     finally:

@@ -261,3 +261,22 @@ async def test_webhook_closed_without_a_signing_secret(
     client, _ = await make_server(env=whatsapp_env(graph_api.url))
     resp = await client.post("/webhooks/stripe/webhook", data=b"{}")
     assert resp.status == 403
+
+
+async def test_handoff_creates_a_lead_with_the_conversation_attached(shop: Shop) -> None:
+    await shop.say("hola, buenas tardes")
+    [handoff] = texts(await shop.say("quiero hablar con una persona"))
+    assert handoff.startswith("Te paso con una persona")
+
+    async def recorded() -> bool:
+        return bool(shop.hubspot.objects("leads")) and bool(shop.hubspot.objects("notes"))
+
+    await eventually(recorded)
+    [contact] = shop.hubspot.objects("contacts")
+    assert contact["properties"]["phone"] == "+" + USER
+    [lead] = shop.hubspot.objects("leads")
+    assert contact["id"] in shop.hubspot.linked("leads", lead["id"], "contacts")
+    [note] = shop.hubspot.objects("notes")
+    body = note["properties"]["hs_note_body"]
+    assert "User: quiero hablar con una persona" in body and "Te paso con una persona" in body
+    assert contact["id"] in shop.hubspot.linked("notes", note["id"], "contacts")

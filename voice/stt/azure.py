@@ -38,23 +38,9 @@ import azure.cognitiveservices.speech as speechsdk
 import imageio_ffmpeg
 
 from runtime.settings import SettingsError
+from voice.locales import to_locale
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
-# ISO 639-1 → the locale Azure is asked for; override per engine with ``language_codes``
-LOCALES: dict[str, str] = {
-    "ca": "ca-ES",
-    "de": "de-DE",
-    "en": "en-US",
-    "es": "es-ES",
-    "fr": "fr-FR",
-    "it": "it-IT",
-    "nl": "nl-NL",
-    "pl": "pl-PL",
-    "pt": "pt-BR",
-    "ja": "ja-JP",
-    "ko": "ko-KR",
-    "zh": "zh-CN",
-}
 MAX_LID_LANGUAGES = 4  # at-start language identification takes up to four candidates
 SAMPLE_RATE = 16000
 BYTES_PER_SECOND = 2 * SAMPLE_RATE
@@ -75,16 +61,6 @@ TRANSIENT = frozenset(
     }
 )
 _SEEKABLE = {"audio/mp4", "audio/m4a", "audio/x-m4a"}  # the index may sit at the end
-
-
-def to_locale(language: str, overrides: Mapping[str, str] | None = None) -> str:
-    """``es`` → ``es-ES`` (``overrides`` first, then :data:`LOCALES`); a code that is
-    already a locale (``es-MX``) is kept."""
-    code = language.strip().replace("_", "-")
-    if "-" in code:
-        return code
-    code = code.lower()
-    return (overrides or {}).get(code) or LOCALES.get(code) or code
 
 
 def speech_config(key: str, region: str, host: str) -> speechsdk.SpeechConfig:

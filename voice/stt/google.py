@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Union
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, Union
 
 import grpc
 from google.api_core import exceptions as google_exceptions
@@ -38,23 +38,14 @@ from google.cloud import speech_v1
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 
 from voice.audio import ogg_opus_duration
+from voice.locales import LOCALES as BASE_LOCALES
+from voice.locales import to_language
+from voice.locales import to_locale as _to_locale
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
-# ISO 639-1 → the locale Google is asked for; override per engine with ``language_codes``
-LOCALES: dict[str, str] = {
-    "ca": "ca-ES",
-    "de": "de-DE",
-    "en": "en-US",
-    "es": "es-ES",
-    "fr": "fr-FR",
-    "it": "it-IT",
-    "nl": "nl-NL",
-    "pl": "pl-PL",
-    "pt": "pt-BR",
-    "ja": "ja-JP",
-    "ko": "ko-KR",
-    "zh": "cmn-Hans-CN",
-}
+# Google names Mandarin differently; the rest is the shared table
+C = TypeVar("C")
+LOCALES = {**BASE_LOCALES, "zh": "cmn-Hans-CN"}
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # rates Google decodes OGG_OPUS at
 SYNC_LIMIT_S = 60.0  # Recognize takes at most one minute of audio
 CHUNK_BYTES = 16 * 1024  # audio per StreamingRecognizeRequest (Google's limit: 25 KB)
@@ -80,19 +71,20 @@ FORMATS: dict[str, tuple[int, int]] = {
 }
 
 
+def grpc_client(client: Callable[..., C], transport: type[Any], endpoint: str, name: str) -> C:
+    """A Google async client: over an insecure channel to ``endpoint`` (an emulator or a
+    local fake), or to Google with Application Default Credentials."""
+    try:
+        if endpoint:
+            return client(transport=transport(channel=grpc.aio.insecure_channel(endpoint)))
+        return client()
+    except auth_exceptions.GoogleAuthError as e:
+        raise speech_error(name, e) from e
+
+
 def to_locale(language: str, overrides: Mapping[str, str] | None = None) -> str:
-    """``es`` → ``es-ES`` (``overrides`` first, then :data:`LOCALES`); a code that is
-    already a locale (``pt-PT``) is kept."""
-    code = language.strip().replace("_", "-")
-    if "-" in code:
-        return code
-    code = code.lower()
-    return (overrides or {}).get(code) or LOCALES.get(code) or code
-
-
-def to_language(locale: str) -> str | None:
-    """``es-es`` / ``es-ES`` → ``es``; None for an empty code."""
-    return locale.strip().replace("_", "-").split("-", 1)[0].lower() or None
+    """``es`` → ``es-ES`` for Google (``overrides`` first)."""
+    return _to_locale(language, overrides, LOCALES)
 
 
 def opus_input_rate(data: bytes) -> int | None:
@@ -143,15 +135,9 @@ class GoogleSTT(SpeechToText):
     async def start(self) -> None:
         if self.client is not None:
             return
-        try:
-            if self.endpoint:
-                channel = grpc.aio.insecure_channel(self.endpoint)
-                transport = SpeechGrpcAsyncIOTransport(channel=channel)
-                self.client = speech_v1.SpeechAsyncClient(transport=transport)
-            else:
-                self.client = speech_v1.SpeechAsyncClient()
-        except auth_exceptions.GoogleAuthError as e:
-            raise speech_error(self.name, e) from e
+        self.client = grpc_client(
+            speech_v1.SpeechAsyncClient, SpeechGrpcAsyncIOTransport, self.endpoint, self.name
+        )
 
     async def close(self) -> None:
         if self.client is not None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import grpc
-from google.auth import exceptions as auth_exceptions
 from google.cloud import texttospeech_v1 as tts
 from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
     TextToSpeechGrpcAsyncIOTransport,
@@ -23,7 +21,7 @@ from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
 
 from voice.audio import ogg_opus_duration
 from voice.stt.base import SpeechError
-from voice.stt.google import CLIENT_ERRORS, speech_error, to_locale
+from voice.stt.google import CLIENT_ERRORS, grpc_client, speech_error, to_locale
 from voice.tts.base import Speech, TextToSpeech
 
 _VOICE_LOCALE = re.compile(r"^([a-z]{2,3}-[A-Z]{2})-")
@@ -55,15 +53,9 @@ class GoogleTTS(TextToSpeech):
     async def start(self) -> None:
         if self.client is not None:
             return
-        try:
-            if self.endpoint:
-                channel = grpc.aio.insecure_channel(self.endpoint)
-                transport = TextToSpeechGrpcAsyncIOTransport(channel=channel)
-                self.client = tts.TextToSpeechAsyncClient(transport=transport)
-            else:
-                self.client = tts.TextToSpeechAsyncClient()
-        except auth_exceptions.GoogleAuthError as e:
-            raise speech_error(self.name, e) from e
+        self.client = grpc_client(
+            tts.TextToSpeechAsyncClient, TextToSpeechGrpcAsyncIOTransport, self.endpoint, self.name
+        )
 
     async def close(self) -> None:
         if self.client is not None:
