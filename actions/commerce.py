@@ -24,7 +24,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from commerce.catalog import Catalog
+from commerce.catalog import Catalog, display_name
 from commerce.orders import Order
 from commerce.outbox import Job
 from commerce.service import Commerce, Customer, commerce
@@ -99,7 +99,7 @@ class ActionOrderSummary(Action):
         response = "utter_confirm_subscription" if product.recurring else "utter_confirm_order"
         dispatcher.utter_message(
             response=response,
-            product_name=product.name,
+            product_name=display_name(product, str(tracker.get_slot("language") or "")),
             amount=money(unit, catalog.currency),
             amount_comma=money(unit, catalog.currency, comma=True),
         )
@@ -123,7 +123,9 @@ class ActionCheckout(Action):
         confirmation = str(tracker.latest_message.get("message_id") or len(tracker.events))
         order, status = await service.place_order(customer(tracker), product, 1, confirmation)
         variables = order_variables(order)
-        if status == "link_sent":
+        if status == "unavailable":
+            dispatcher.utter_message(response="utter_payments_unavailable", **variables)
+        elif status == "link_sent":
             dispatcher.utter_message(response="utter_checkout_link", **variables)
         elif status == "pending":
             dispatcher.utter_message(response="utter_checkout_delayed", **variables)

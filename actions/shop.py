@@ -5,7 +5,7 @@ package): subclass ``rasa_sdk.Action``, return the action's name from
 ``name()``, implement ``async def run`` and list the name under ``actions:``
 in domain.yml.
 
-Product and order data come from ``catalog.yml`` at the project root, or from
+Product and order data come from ``catalog.yml`` in the bot folder, or from
 the file named by the ``HABLA_CATALOG`` environment variable.
 
 Actions never build user-facing sentences themselves: they name a response from
@@ -26,7 +26,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from commerce.catalog import load_catalog
+from commerce.catalog import display_name, load_catalog
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ActionProductPrice(Action):
             dispatcher.utter_message(
                 response="utter_price",
                 article_product=_with_article(product.name),
-                product_name=product.name,
+                product_name=display_name(product, str(tracker.get_slot("language") or "")),
                 price=_format_price(product.price, catalog.currency),
                 price_comma=_format_price_comma(product.price, catalog.currency),
             )

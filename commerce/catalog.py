@@ -52,8 +52,14 @@ class Product:
     price: float
     sku: str
     synonyms: tuple[str, ...] = ()
+    names: tuple[tuple[str, str], ...] = ()  # (language, name) for the product's name
     recurring: str = ""  # "month" or "year": sold as a subscription
     stripe_price: str = ""  # a Stripe Price id (price_...) to charge instead of price_data
+
+
+def display_name(product: Product, language: str) -> str:
+    """The product's name in ``language`` (``names:`` in the catalog), else its name."""
+    return dict(product.names).get(language, product.name)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ def _parse_catalog(raw: object) -> Catalog:
             price=float(item["price"]),
             sku=str(item.get("sku", "")),
             synonyms=tuple(str(s) for s in item.get("synonyms") or ()),
+            names=tuple((str(k), str(v)) for k, v in (item.get("names") or {}).items()),
             recurring=str(item.get("recurring") or ""),
             stripe_price=str(item.get("stripe_price") or ""),
         )

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from commerce.catalog import Catalog, Product, load_catalog
+from commerce.catalog import Catalog, Product, display_name, load_catalog
 from commerce.crm.base import CRM, Contact, Deal
 from commerce.orders import Order, OrderStore, TransitionRefused, make_order_store
 from commerce.outbox import Job, Outbox
@@ -153,7 +153,7 @@ class Commerce:
             items=[
                 {
                     "sku": product.sku,
-                    "name": product.name,
+                    "name": display_name(product, customer.language),
                     "qty": quantity,
                     "unit_amount_minor": unit,
                     "currency": catalog.currency,

@@ -280,3 +280,15 @@ async def test_handoff_creates_a_lead_with_the_conversation_attached(shop: Shop)
     body = note["properties"]["hs_note_body"]
     assert "User: quiero hablar con una persona" in body and "Te paso con una persona" in body
     assert contact["id"] in shop.hubspot.linked("notes", note["id"], "contacts")
+
+
+async def test_without_a_payment_provider_the_order_is_kept_for_the_team(
+    make_server: ServerFactory, graph_api: FakeGraphAPI
+) -> None:
+    client, runtime = await make_server(env=whatsapp_env(graph_api.url))
+    shop = Shop(client, runtime, graph_api, FakeStripeAPI(STRIPE_KEY), FakeHubSpotAPI("x"))
+    [confirm] = await shop.say("quiero comprar una taza")
+    assert confirm["interactive"]["body"]["text"].startswith("taza: 12,50 EUR")
+    [saved] = texts(await shop.tap("/affirm", "Sí"))
+    assert saved.startswith("Todavía no aceptamos pagos por aquí. He guardado tu pedido HB")
+    assert "1 × taza" in saved
