@@ -39,9 +39,9 @@ class DetectLanguage:
         # a tapped button or an intent the runtime triggers carries no language
         text = "" if msg.button_payload or msg.text.startswith("/") else msg.text
         voice = msg.metadata.get("voice") or {}
-        heard = (
+        heard = (  # even when the words could not be used ("say it again"), in it
             Detection(voice["language"], float(voice.get("language_confidence", 0.0)))
-            if voice.get("language") and text
+            if voice.get("language")
             else None
         )
         decision = self.policy.decide(text, current, sticky=explicit, heard=heard)

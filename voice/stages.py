@@ -124,7 +124,13 @@ class Transcribe:
         if not transcript.text.strip():
             raise _Unusable("no speech heard", retry=True)
         if transcript.confidence < s.min_confidence:
-            record.update(transcript=transcript.text, confidence=round(transcript.confidence, 3))
+            # the words are doubtful, the language usually is not: answer in it
+            record.update(
+                transcript=transcript.text,
+                confidence=round(transcript.confidence, 3),
+                language=transcript.language,
+                language_confidence=round(transcript.language_confidence, 3),
+            )
             raise _Unusable(f"low confidence {transcript.confidence:.2f}", retry=True)
         return transcript
 
