@@ -105,7 +105,8 @@ class Commerce:
             raise RuntimeError("Commerce.start() was not awaited")
         return self._orders
 
-    async def start(self, run_outbox: bool = False) -> None:
+    async def start(self) -> None:
+        """Open the stores and clients (the server starts the outbox's retry loop)."""
         c = self.settings.commerce
         if self._orders is None:
             self._orders = await make_order_store(
@@ -115,8 +116,6 @@ class Commerce:
         for part in (self.crm, self.payments):
             if part is not None:
                 await part.start()
-        if run_outbox:
-            await self.outbox.start()
 
     async def close(self) -> None:
         await self.outbox.close()
@@ -510,7 +509,7 @@ async def commerce() -> Commerce:
 
         settings = _settings or load_settings()
         service = Commerce(settings, SQLite(settings.data_dir / "habla.sqlite3"))
-        await service.start(run_outbox=False)
+        await service.start()
         _installed = service
     return _installed
 

@@ -225,7 +225,7 @@ class Runtime:
                 if s.engine.workers
                 else RasaEngine(model, endpoint_from_settings(s), s.engine.parse_cache)
             )
-        await self.commerce.start(run_outbox=True)
+        await self.commerce.start()
         commerce_service.install(self.commerce)
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
@@ -267,6 +267,7 @@ class Runtime:
                 ", ".join(missing),
             )
         await self.resume_pending()
+        await self.commerce.outbox.start()  # its retries may push events into turns
 
     async def resume_pending(self) -> None:
         """Messages acknowledged before a crash or stop: process them now."""
