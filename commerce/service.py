@@ -173,12 +173,13 @@ class Commerce:
         order, created = await self.orders.create(order)
         if not created and order.checkout_url:
             return order, "link_sent"
-        await self.outbox.enqueue(
-            "crm.order",
-            {"order_id": order.order_id},
-            f"crm.order:{order.order_id}",
-            customer.conversation_id,
-        )
+        if self.crm is not None:  # contact + open deal, in the background
+            await self.outbox.enqueue(
+                "crm.order",
+                {"order_id": order.order_id},
+                f"crm.order:{order.order_id}",
+                customer.conversation_id,
+            )
         if self.payments is None:
             return order, "unavailable"
         job = await self.outbox.submit(
@@ -260,20 +261,12 @@ class Commerce:
             return None
         if updated is None:
             return None
-        if self.crm is None:
-            pass
-        elif event.type == "paid":
+        stage = {"paid": "won", "refunded": "lost"}.get(event.type)
+        if self.crm is not None and stage:
             await self.outbox.enqueue(
                 "crm.deal_stage",
-                {"order_id": order.order_id, "stage": "won"},
-                f"crm.won:{order.order_id}",
-                order.conversation_id,
-            )
-        elif event.type == "refunded":
-            await self.outbox.enqueue(
-                "crm.deal_stage",
-                {"order_id": order.order_id, "stage": "lost"},
-                f"crm.refunded:{order.order_id}",
+                {"order_id": order.order_id, "stage": stage},
+                f"crm.{stage}:{order.order_id}",
                 order.conversation_id,
             )
         return updated, EVENT_INTENTS[event.type]

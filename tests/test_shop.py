@@ -292,3 +292,4 @@ async def test_without_a_payment_provider_the_order_is_kept_for_the_team(
     [saved] = texts(await shop.tap("/affirm", "Sí"))
     assert saved.startswith("Todavía no aceptamos pagos por aquí. He guardado tu pedido HB")
     assert "1 × taza" in saved
+    assert await runtime.commerce.outbox.jobs() == []  # no CRM configured: nothing to write
