@@ -24,10 +24,11 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from commerce.catalog import Catalog, display_name
+from actions.services import UsesCommerce
+from commerce.catalog import Catalog, display_name, format_money
 from commerce.orders import Order
 from commerce.outbox import Job
-from commerce.service import Commerce, Customer, commerce
+from commerce.service import Commerce, Customer
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ CRM_STATUS = {"done": "success", "pending": "pending", "failed": "failed"}
 def crm_status(job: Job | None) -> list[EventType]:
     """The slot the dialogue branches on (unset when no CRM is configured)."""
     return [SlotSet("crm_status", CRM_STATUS[job.status] if job else None)]
+
+
+def language(tracker: Tracker) -> str:
+    return str(tracker.get_slot("language") or "")
 
 
 def customer(tracker: Tracker) -> Customer:
@@ -52,37 +57,40 @@ def customer(tracker: Tracker) -> Customer:
         phone=str(meta.get("phone") or ""),
         email=str(tracker.get_slot("email") or "") if "email" in tracker.slots else "",
         name=str(meta.get("profile_name") or ""),
-        language=str(tracker.get_slot("language") or ""),
+        language=language(tracker),
         reply_to=str(meta.get("reply_to") or ""),
         reply_from=str(meta.get("reply_from") or ""),
     )
 
 
-def money(amount_minor: int, currency: str, comma: bool = False) -> str:
-    text = f"{amount_minor / 100:.2f}"
-    return (text.replace(".", ",") if comma else text) + f" {currency}"
+def money(amount_minor: int, currency: str, lang: str) -> dict[str, str]:
+    """A response's amount variables: ``amount`` written as ``lang`` writes numbers
+    ("39.90 EUR", "39,90 EUR", "1200 JPY"); ``amount_comma`` always with a decimal comma
+    (what the Spanish and Portuguese responses use)."""
+    return {
+        "amount": format_money(amount_minor, currency, lang),
+        "amount_comma": format_money(amount_minor, currency, decimal_comma=True),
+    }
 
 
-def order_variables(order: Order) -> dict[str, Any]:
+def order_variables(order: Order, lang: str = "") -> dict[str, Any]:
     items = ", ".join(f"{i['qty']} × {i['name']}" for i in order.items)
     return {
         "order_id": order.order_id,
         "items": items,
-        "amount": money(order.amount_minor, order.currency),
-        "amount_comma": money(order.amount_minor, order.currency, comma=True),
+        **money(order.amount_minor, order.currency, lang or order.language),
         "url": order.checkout_url or "",
     }
 
 
-async def _product(tracker: Tracker) -> tuple[Catalog | None, Any]:
-    service = await commerce()
+async def _product(service: Commerce, tracker: Tracker) -> tuple[Catalog | None, Any]:
     catalog = await service.catalog()
     wanted = tracker.get_slot("product")
     product = catalog.find_product(str(wanted)) if catalog is not None and wanted else None
     return catalog, product
 
 
-class ActionOrderSummary(Action):
+class ActionOrderSummary(UsesCommerce, Action):
     """Before taking payment: what it costs, and whether to send the link."""
 
     def name(self) -> str:
@@ -91,7 +99,7 @@ class ActionOrderSummary(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
-        catalog, product = await _product(tracker)
+        catalog, product = await _product(await self.service(), tracker)
         if catalog is None or product is None:
             dispatcher.utter_message(response="utter_which_product_to_buy")
             return [SlotSet("product", None)]
@@ -99,14 +107,13 @@ class ActionOrderSummary(Action):
         response = "utter_confirm_subscription" if product.recurring else "utter_confirm_order"
         dispatcher.utter_message(
             response=response,
-            product_name=display_name(product, str(tracker.get_slot("language") or "")),
-            amount=money(unit, catalog.currency),
-            amount_comma=money(unit, catalog.currency, comma=True),
+            product_name=display_name(product, language(tracker)),
+            **money(unit, catalog.currency, language(tracker)),
         )
         return []
 
 
-class ActionCheckout(Action):
+class ActionCheckout(UsesCommerce, Action):
     """Create the order and its payment link, and send it."""
 
     def name(self) -> str:
@@ -115,14 +122,14 @@ class ActionCheckout(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
-        catalog, product = await _product(tracker)
+        catalog, product = await _product(await self.service(), tracker)
         if catalog is None or product is None:
             dispatcher.utter_message(response="utter_which_product_to_buy")
             return [SlotSet("product", None)]
-        service = await commerce()
+        service = await self.service()
         confirmation = str(tracker.latest_message.get("message_id") or len(tracker.events))
         order, status = await service.place_order(customer(tracker), product, 1, confirmation)
-        variables = order_variables(order)
+        variables = order_variables(order, language(tracker))
         if status == "unavailable":
             dispatcher.utter_message(response="utter_payments_unavailable", **variables)
         elif status == "link_sent":
@@ -138,7 +145,7 @@ class ActionCheckout(Action):
         ]
 
 
-class ActionPaymentUpdate(Action):
+class ActionPaymentUpdate(UsesCommerce, Action):
     """Tell the user what happened to a payment (after a provider's webhook)."""
 
     def name(self) -> str:
@@ -151,7 +158,7 @@ class ActionPaymentUpdate(Action):
         order_id = next(tracker.get_latest_entity_values("order_id"), None) or tracker.get_slot(
             "order_id"
         )
-        service = await commerce()
+        service = await self.service()
         order = await service.orders.get(str(order_id)) if order_id else None
         if order is None:
             logger.warning("payment update for unknown order %r", order_id)
@@ -166,11 +173,11 @@ class ActionPaymentUpdate(Action):
         }.get(intent)
         if response is None:
             return []
-        dispatcher.utter_message(response=response, **order_variables(order))
+        dispatcher.utter_message(response=response, **order_variables(order, language(tracker)))
         return [SlotSet("order_id", order.order_id), SlotSet("payment_status", order.status)]
 
 
-class ActionRefund(Action):
+class ActionRefund(UsesCommerce, Action):
     """Refund the conversation's last paid order, with the user's words as the reason."""
 
     def name(self) -> str:
@@ -179,7 +186,7 @@ class ActionRefund(Action):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
-        service = await commerce()
+        service = await self.service()
         orders = await service.orders.for_conversation(tracker.sender_id)
         paid = [o for o in orders if o.status == "paid"]
         if not paid:
@@ -188,7 +195,7 @@ class ActionRefund(Action):
         order = max(paid, key=lambda o: o.updated_at)
         reason = str(tracker.latest_message.get("text") or "requested by customer")[:500]
         status = await service.request_refund(order, reason)
-        variables = order_variables(order)
+        variables = order_variables(order, language(tracker))
         if status == "failed":
             dispatcher.utter_message(response="utter_refund_failed", **variables)
         else:
@@ -196,7 +203,7 @@ class ActionRefund(Action):
         return [SlotSet("order_id", order.order_id)]
 
 
-class CrmAction(Action, ABC):
+class CrmAction(UsesCommerce, Action, ABC):
     """A CRM write for the conversation's user; sets ``crm_status``."""
 
     action_name = ""
@@ -211,7 +218,7 @@ class CrmAction(Action, ABC):
     async def run(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
-        return crm_status(await self.write(await commerce(), tracker))
+        return crm_status(await self.write(await self.service(), tracker))
 
 
 class ActionCrmUpsertContact(CrmAction):

@@ -6,7 +6,9 @@ package): subclass ``rasa_sdk.Action``, return the action's name from
 in domain.yml.
 
 Product and order data come from ``catalog.yml`` in the bot folder, or from
-the file named by the ``HABLA_CATALOG`` environment variable.
+the file named by the ``HABLA_CATALOG`` environment variable. Order status answers
+for the orders the bot took itself (``HB`` + 10 characters, in the order store) and
+for the sample orders in the catalog.
 
 Actions never build user-facing sentences themselves: they name a response from
 domain.yml and pass the variables it needs (``dispatcher.utter_message(response=...,
@@ -26,17 +28,27 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
+from actions.commerce import language, money, order_variables
+from actions.services import UsesCommerce
 from commerce.catalog import display_name, load_catalog
+from commerce.orders import STATUSES, Order
+from commerce.service import Commerce
 
 logger = logging.getLogger(__name__)
 
-ORDER_NUMBER_RE = re.compile(r"[A-Z]{2}\d{5}")
+# The bot's own orders ("HB" + 10 hex digits, commerce.service.order_id_for) and the
+# sample orders of catalog.yml (two letters + five digits).
+ORDER_NUMBER_RE = re.compile(r"HB[0-9A-F]{10}|[A-Z]{2}\d{5}")
 # Finds an order number inside a longer message, e.g. "it's ab-12345".
-ORDER_NUMBER_SEARCH_RE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2}[\s-]?\d{5}(?!\d)")
+ORDER_NUMBER_SEARCH_RE = re.compile(
+    r"(?<![A-Za-z0-9])HB[\s-]?[0-9A-F]{10}(?![0-9A-F])|(?<![A-Za-z])[A-Z]{2}[\s-]?\d{5}(?!\d)",
+    re.IGNORECASE,
+)
 
 
 def normalize_order_number(value: str) -> str | None:
-    """Normalise " ab-12 345 " to "AB12345"; None if it isn't an order number."""
+    """Normalise " ab-12 345 " to "AB12345" (and "hb3f2a9c01d4" to "HB3F2A9C01D4");
+    None if it isn't an order number."""
     compact = re.sub(r"[\s-]+", "", value).upper()
     if ORDER_NUMBER_RE.fullmatch(compact):
         return compact
@@ -45,16 +57,6 @@ def normalize_order_number(value: str) -> str | None:
     if match:
         return re.sub(r"[\s-]+", "", match.group()).upper()
     return None
-
-
-def _format_price(price: float, currency: str) -> str:
-    """Format a price as "19.90 EUR"."""
-    return f"{price:.2f} {currency}"
-
-
-def _format_price_comma(price: float, currency: str) -> str:
-    """Format a price with a decimal comma, as Spanish and Portuguese write it: "19,90 EUR"."""
-    return f"{price:.2f}".replace(".", ",") + f" {currency}"
 
 
 def _with_article(name: str) -> str:
@@ -90,12 +92,13 @@ class ActionProductPrice(Action):
 
         product = catalog.find_product(str(requested)) if requested else None
         if product is not None:
+            amounts = money(catalog.minor(product.price), catalog.currency, language(tracker))
             dispatcher.utter_message(
                 response="utter_price",
                 article_product=_with_article(product.name),
-                product_name=display_name(product, str(tracker.get_slot("language") or "")),
-                price=_format_price(product.price, catalog.currency),
-                price_comma=_format_price_comma(product.price, catalog.currency),
+                product_name=display_name(product, language(tracker)),
+                price=amounts["amount"],
+                price_comma=amounts["amount_comma"],
             )
             # Clear the slot so a later "how much is a scarf" (no entity found)
             # doesn't get this product's price again.
@@ -135,7 +138,8 @@ class ValidateOrderStatusForm(FormValidationAction):
         tracker: Tracker,
         domain: DomainDict,
     ) -> dict[str, Any]:
-        """Accept two letters + five digits (spaces/hyphens ignored), upper-cased."""
+        """Accept HB + 10 hex digits or two letters + five digits (spaces/hyphens
+        ignored), upper-cased."""
         if isinstance(slot_value, list):
             slot_value = slot_value[-1] if slot_value else None
         normalized = normalize_order_number(str(slot_value)) if slot_value else None
@@ -145,7 +149,7 @@ class ValidateOrderStatusForm(FormValidationAction):
         return {"order_number": normalized}
 
 
-class ActionOrderStatus(Action):
+class ActionOrderStatus(UsesCommerce, Action):
     """Report the status of the order in the order_number slot."""
 
     def name(self) -> str:
@@ -158,7 +162,8 @@ class ActionOrderStatus(Action):
         tracker: Tracker,
         domain: DomainDict,
     ) -> list[EventType]:
-        """Look the order up in the catalog file, then clear the slot."""
+        """Look the order up in the bot's order store, then in the catalog file's
+        sample orders; then clear the slot."""
         raw_number = tracker.get_slot("order_number")
         number = normalize_order_number(str(raw_number)) if raw_number else None
         if number is None:
@@ -166,14 +171,44 @@ class ActionOrderStatus(Action):
             return [SlotSet("order_number", None)]
 
         catalog = await load_catalog()
-        order = catalog.find_order(number) if catalog is not None else None
-        if order is None:
+        sample = catalog.find_order(number) if catalog is not None else None
+        try:
+            placed = await _placed_order(await self.service(), number)
+        except Exception:
+            if sample is None:
+                raise
+            logger.exception("order store unavailable: %s answered from the catalog", number)
+            placed = None
+        if placed is not None:
+            response, variables = _placed_order_response(placed, tracker)
+            dispatcher.utter_message(response=response, **variables)
+        elif sample is None:
             # utter_order_not_found offers a person (buttons in domain.yml).
             dispatcher.utter_message(response="utter_order_not_found", order_id=number)
         else:
-            response, variables = _order_status_response(number, order)
+            response, variables = _order_status_response(number, sample)
             dispatcher.utter_message(response=response, **variables)
         return [SlotSet("order_number", None)]
+
+
+async def _placed_order(service: Commerce, number: str) -> Order | None:
+    """The order the bot itself took under this number, if any."""
+    return await service.orders.get(number)
+
+
+def _placed_order_response(order: Order, tracker: Tracker) -> tuple[str, dict[str, Any]]:
+    """The domain response about an order the bot took (``utter_order_<status>``).
+
+    Its items, amount and payment link are only told in the conversation that placed
+    it; anyone else who has the number hears its status alone.
+    """
+    variables = order_variables(order, language(tracker))
+    status = order.status
+    if status == "link_sent" and order.conversation_id != tracker.sender_id:
+        status = "created"  # waiting for payment, without someone else's payment link
+    if status in STATUSES:  # each has its response (utter_order_cancelled is shared)
+        return f"utter_order_{status}", variables
+    return "utter_order_status_other", {**variables, "status": status}
 
 
 def _order_status_response(number: str, order: dict[str, Any]) -> tuple[str, dict[str, str]]:

@@ -29,8 +29,9 @@ import statistics
 import time
 from pathlib import Path
 
-from i18n.detect import DETECTORS, Detector
+from i18n.detect import Detector
 from i18n.language import LanguagePolicy
+from runtime.providers import LANGUAGE_DETECTORS
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA = PROJECT.parent / "shared" / "data"
@@ -91,7 +92,7 @@ def main() -> None:
     for name in args.detectors.split(","):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
-        detector = DETECTORS[name](LANGUAGES)
+        detector = LANGUAGE_DETECTORS.load(name, Detector)(LANGUAGES)
         load_s = time.perf_counter() - t0
         rss_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         for test_set, label in SETS.items():

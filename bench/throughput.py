@@ -193,7 +193,7 @@ async def bench_habla(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
         "HABLA_REST_TOKEN": "bench",
     }
     proc = await start(
-        [sys.executable, "-m", "runtime.cli", "run", "--port", str(port)], env, "Press Ctrl-C"
+        [sys.executable, "-m", "habla.cli", "run", "--port", str(port)], env, "Press Ctrl-C"
     )
     validator = RequestValidator(AUTH_TOKEN)
     url = f"{public}/webhooks/twilio/webhook"

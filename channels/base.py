@@ -18,60 +18,12 @@ from typing import ClassVar
 import aiohttp
 from aiohttp import web
 
-from runtime.messages import BotReply, Delivery, InboundMessage, MediaRef
+from runtime.errors import MediaError, is_transient_status
+from runtime.messages import BotReply, InboundMessage
+from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
 from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class OutputChannel(ABC):
-    """Sends bot replies back to a user.
-
-    The base renders buttons as numbered text, so a channel only overrides what it
-    can do better (as Rasa's ``OutputChannel`` does).
-    """
-
-    @abstractmethod
-    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
-        """Send one reply to the sender of ``msg``; one delivery per provider message."""
-
-    def numbers_choices(self, reply: BotReply) -> bool:
-        """Whether this reply's buttons are shown as numbered text (so "2" must map back)."""
-        return bool(reply.buttons)
-
-    async def acknowledge(self, msg: InboundMessage) -> None:
-        """Tell the provider the message was seen (read receipts); optional."""
-        return None
-
-    async def fetch_media(self, media: MediaRef, max_bytes: int) -> tuple[bytes, str]:
-        """Download media the user sent: its bytes and content type. Raises MediaError."""
-        raise MediaError("this channel does not receive media")
-
-    async def upload_media(self, data: bytes, content_type: str) -> str:
-        """Upload generated media to the provider; its media id (if the channel can)."""
-        raise MediaError("this channel does not upload media")
-
-    async def start(self) -> None:
-        """Open sessions inside the running event loop."""
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    @staticmethod
-    def numbered_text(reply: BotReply) -> str:
-        if not reply.buttons:
-            return reply.text
-        choices = "\n".join(f"{i}. {b.title}" for i, b in enumerate(reply.buttons, 1))
-        return f"{reply.text}\n\n{choices}" if reply.text else choices
-
-
-class MediaError(Exception):
-    """Media the user sent could not be fetched: too large, gone, or the provider is down."""
-
-    def __init__(self, reason: str, *, transient: bool = False) -> None:
-        super().__init__(reason)
-        self.transient = transient
 
 
 async def download(
@@ -97,7 +49,7 @@ async def download(
             if resp.status >= 400:
                 raise MediaError(
                     f"media download answered {resp.status}",
-                    transient=resp.status == 429 or resp.status >= 500,
+                    transient=is_transient_status(resp.status),
                 )
             declared = resp.content_length
             if declared is not None and declared > max_bytes:
@@ -140,6 +92,11 @@ class InputChannel(ABC):
     def __init__(self, services: ChannelServices) -> None:
         self.services = services
         self.settings = services.settings
+
+    @classmethod
+    def from_settings(cls, services: ChannelServices) -> InputChannel:
+        """Build from the settings in ``services`` (registered in runtime/providers.py)."""
+        return cls(services)
 
     @classmethod
     def missing_secrets(cls, settings: Settings) -> list[str]:

@@ -248,7 +248,7 @@ class WhatsAppOutput(OutputChannel):
         try:
             return await self.client.upload_media(data, content_type, "voice.ogg")
         except (TransientError, PermanentError) as e:
-            raise MediaError(str(e), transient=isinstance(e, TransientError)) from e
+            raise MediaError(str(e), transient=e.transient) from e
 
     async def window_open(self, msg: InboundMessage) -> bool:
         last = await self.last_inbound("whatsapp", msg.conversation_id)

@@ -7,13 +7,20 @@ existing Rasa tools work. It runs the whole turn before answering.
 Access: with ``HABLA_REST_TOKEN`` set, requests need ``Authorization: Bearer <token>``
 (or ``?token=``). Without it the channel answers only while the server is a local
 development server (loopback address and no public URL); otherwise 403.
+
+Status codes of the POST, in order (never 500): 403 without access; 400 when the body
+is not JSON within :mod:`runtime.wire`'s bounds (invalid in its charset, nested over
+64 deep, a number over 100 characters, NaN/Infinity), is not an object, or has a
+``sender``/``message`` that is not a string or a ``message_id`` that is not a string
+or an integer; 413 when ``message`` is over 4,096 characters or ``sender`` or
+``message_id`` over 256; otherwise 200 with the bot's messages. A ``metadata`` that is
+not an object is ignored.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 from importlib import resources
 
@@ -22,10 +29,12 @@ from aiohttp import web
 from channels.base import ChannelServices, InputChannel, OutputChannel
 from runtime.messages import BotReply, Delivery, InboundMessage
 from runtime.settings import Settings
+from runtime.wire import loads_bounded
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4096
+MAX_ID_CHARS = 256  # sender and message_id
 
 
 def is_local_dev(settings: Settings) -> bool:
@@ -89,24 +98,34 @@ class RestChannel(InputChannel):
     async def receive(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             raise web.HTTPForbidden(text="missing or wrong token")
+        raw = await request.read()
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise web.HTTPBadRequest(text="body is not JSON") from e
+            body = loads_bounded(raw.decode(request.charset or "utf-8"))
+        except (LookupError, ValueError) as e:  # WireError, UnicodeDecodeError, a charset
+            raise web.HTTPBadRequest(text=f"body is not JSON: {str(e)[:200]}") from e
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="body must be a JSON object")
         sender, text = body.get("sender") or "default", body.get("message")
         if not isinstance(text, str) or not isinstance(sender, str):
             raise web.HTTPBadRequest(text="'message' (and 'sender') must be strings")
+        message_id = body.get("message_id") or ""
+        if isinstance(message_id, bool) or not isinstance(message_id, (str, int)):
+            raise web.HTTPBadRequest(text="'message_id' must be a string or an integer")
+        message_id = str(message_id)  # an int of at most 100 digits (runtime.wire)
         if len(text) > MAX_MESSAGE_CHARS:
             raise web.HTTPRequestEntityTooLarge(MAX_MESSAGE_CHARS, len(text))
+        for name, value in (("sender", sender), ("message_id", message_id)):
+            if len(value) > MAX_ID_CHARS:
+                raise web.HTTPRequestEntityTooLarge(
+                    MAX_ID_CHARS, len(value), text=f"'{name}' is over {MAX_ID_CHARS} characters"
+                )
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         msg = InboundMessage(
             channel="rest",
             conversation_id=sender,
             sender="",
             text=text,
-            message_id=str(body.get("message_id") or ""),
+            message_id=message_id,
             metadata=metadata or {},
         )
         replies = await self.services.run_turn(msg, CollectingOutput())

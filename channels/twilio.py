@@ -5,6 +5,19 @@ checked against the public URL; the message is recorded, acknowledged with empty
 and its turn runs in the background. ``POST /webhooks/twilio/status``: delivery
 status callbacks for the messages we sent.
 
+Both paths answer, in this order (never 500, nothing processed unless signed):
+
+- 400 when the body is not an ``application/x-www-form-urlencoded`` form that decodes
+  in its charset (Twilio sends nothing else): invalid UTF-8, multipart, JSON... There
+  are no params for a signature to cover, so it is not checked; nothing is read.
+- 413 when the form is over the bounds: more than 200 fields, or a name or value over
+  16 KiB characters (a message body is at most 1,600; the server refuses bodies over
+  1 MiB before any of this).
+- 403 when the signature is missing or does not cover this URL and these params.
+- 400 when a signed form is not a message (or status) Twilio would send: a field
+  missing, ``NumMedia`` not a count, coordinates not on Earth. ``NumMedia`` over 10
+  (Twilio's maximum) reads the first 10 media.
+
 Replies go out through the official SDK's ``AsyncTwilioHttpClient``.
 """
 
@@ -13,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -20,6 +34,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
 from twilio.base import values
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -37,10 +52,13 @@ from channels.base import (
 from runtime.messages import BotReply, Delivery, InboundMessage, Location, MediaRef, mask_phone
 from runtime.retry import PermanentError, TransientError, with_retries
 from runtime.settings import Settings
+from runtime.wire import WireError, WireTooLarge, parse_form
 
 logger = logging.getLogger(__name__)
 
 BODY_LIMIT = 1600  # characters per Twilio message body
+MAX_MEDIA = 10  # media per incoming message, Twilio's maximum
+FORM_TYPES = ("", "application/x-www-form-urlencoded")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -71,6 +89,23 @@ def _address(value: str) -> str:
     return value.split(":", 1)[1] if ":" in value else value
 
 
+def _num_media(value: str) -> int:
+    """How many ``MediaUrl{i}`` to read: a count in ASCII digits, at most MAX_MEDIA."""
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"NumMedia is not a count: {value[:20]!r}")
+    return MAX_MEDIA if len(value) > 3 else min(int(value), MAX_MEDIA)
+
+
+def _coordinate(value: str, limit: float) -> float:
+    try:
+        number = float(value) if len(value) <= 40 else math.nan
+    except ValueError:
+        number = math.nan
+    if not -limit <= number <= limit:  # NaN fails too
+        raise BadRequest(f"Latitude/Longitude are not coordinates: {value[:20]!r}")
+    return number
+
+
 def parse_message(form: Mapping[str, str]) -> InboundMessage:
     """Twilio's incoming-message form → the typed inbound message."""
     missing = [k for k in ("From", "To") if not form.get(k)]
@@ -79,26 +114,19 @@ def parse_message(form: Mapping[str, str]) -> InboundMessage:
         missing.append("MessageSid")
     if missing:
         raise BadRequest(f"missing field(s): {', '.join(missing)}")
-    try:
-        num_media = int(form.get("NumMedia") or 0)
-    except ValueError as e:
-        raise BadRequest("NumMedia is not a number") from e
     media = tuple(
         MediaRef(url=form[f"MediaUrl{i}"], content_type=form.get(f"MediaContentType{i}", ""))
-        for i in range(num_media)
+        for i in range(_num_media(form.get("NumMedia") or "0"))
         if form.get(f"MediaUrl{i}")
     )
     location = None
     if form.get("Latitude") and form.get("Longitude"):
-        try:
-            location = Location(
-                latitude=float(form["Latitude"]),
-                longitude=float(form["Longitude"]),
-                address=form.get("Address", ""),
-                label=form.get("Label", ""),
-            )
-        except ValueError as e:
-            raise BadRequest("Latitude/Longitude are not numbers") from e
+        location = Location(
+            latitude=_coordinate(form["Latitude"], 90),
+            longitude=_coordinate(form["Longitude"], 180),
+            address=form.get("Address", ""),
+            label=form.get("Label", ""),
+        )
     sender = _address(form["From"])
     if form.get("WaId") and not sender.startswith("+"):
         sender = "+" + form["WaId"]
@@ -244,8 +272,24 @@ class TwilioChannel(InputChannel):
             web.post("/webhooks/twilio/status", self.status),
         ]
 
-    async def _verified_form(self, request: web.Request) -> Any:
-        form = await request.post()
+    async def _verified_form(self, request: web.Request) -> MultiDictProxy[str]:
+        """The form, once it is read within bounds and its signature verified.
+
+        See the module's docstring for the status codes, in their order.
+        """
+        if request.content_type not in FORM_TYPES:
+            raise web.HTTPBadRequest(text="expected an application/x-www-form-urlencoded body")
+        try:
+            pairs = parse_form(await request.read(), charset=request.charset or "utf-8")
+        except WireTooLarge as e:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=request.client_max_size,
+                actual_size=request.content_length or 0,
+                text=str(e),
+            ) from e
+        except WireError as e:
+            raise web.HTTPBadRequest(text=str(e)) from e
+        form = MultiDictProxy(MultiDict(pairs))
         signature = request.headers.get("X-Twilio-Signature", "")
         url = public_request_url(request, self.settings.public_base)
         if not signature or not self.validator.validate(url, form, signature):

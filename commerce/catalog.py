@@ -5,6 +5,11 @@ event loop and cached until the file changes, so authors edit prices without a
 restart. A product with ``recurring: month`` (or ``year``) is sold as a subscription;
 ``stripe_price: price_...`` charges an existing Stripe Price instead of the listed
 price.
+
+Money is converted and written in one place: :func:`to_minor` (a price as the integer
+payment APIs want), :func:`from_minor` (back to the major unit, e.g. for a CRM) and
+:func:`format_money` (what the user reads), all by the currency's own minor unit
+(:func:`minor_units`), so ¥1200 stays 1200 and 19.90 EUR is 1990 cents.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +30,80 @@ logger = logging.getLogger(__name__)
 
 CATALOG_ENV_VAR = "HABLA_CATALOG"
 BOT_DIR_ENV_VAR = "HABLA_BOT_DIR"
-ZERO_DECIMAL = {
-    "BIF",
-    "CLP",
-    "DJF",
-    "GNF",
-    "JPY",
-    "KMF",
-    "KRW",
-    "MGA",
-    "PYG",
-    "RWF",
-    "UGX",
-    "VND",
-    "VUV",
-    "XAF",
-    "XOF",
-    "XPF",
-}  # Stripe's zero-decimal currencies
+
+# ---- money ---------------------------------------------------------------------------
+# Minor units as Stripe counts them (https://docs.stripe.com/currencies): an amount of
+# 1990 is 19.90 EUR, 1200 is ¥1200, 5120 is 5.120 KWD.
+
+# Stripe's zero-decimal currencies: the amount is the price itself.
+ZERO_DECIMAL = frozenset(
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "JPY",
+        "KMF",
+        "KRW",
+        "MGA",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
+)
+# Three-decimal currencies; Stripe wants the last digit 0 (5.124 KWD is charged 5.120).
+THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+# Two-decimal in Stripe's API but charged in whole units only, the amount a multiple of
+# 100 (Stripe's "special cases": 100 is 1 Icelandic króna).
+WHOLE_UNITS = frozenset({"ISK"})
+# Languages (ISO 639-1) that write 19,90 rather than 19.90.
+DECIMAL_COMMA = frozenset(
+    "af az be bg bs ca cs da de el es et eu fi fo fr gl hr hu hy id is it ka kk lb lt lv "
+    "mk nb nl nn no pl pt ro ru sk sl sq sr sv tr uk uz vi".split()
+)
+
+
+def minor_units(currency: str) -> int:
+    """Digits of the currency's minor unit: 0 (JPY), 3 (KWD) or 2 (EUR and the rest)."""
+    code = currency.upper()
+    if code in ZERO_DECIMAL:
+        return 0
+    if code in THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def to_minor(amount: float | int | str | Decimal, currency: str) -> int:
+    """A price in the major unit (19.90) as the integer in minor units payment APIs
+    want (1990; ¥1200 -> 1200), rounded half up to an amount the currency can be
+    charged in (whole króna, a last digit 0 for three-decimal currencies)."""
+    code = currency.upper()
+    step = 100 if code in WHOLE_UNITS else 10 if code in THREE_DECIMAL else 1
+    exact = Decimal(str(amount)).scaleb(minor_units(code)) / step
+    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)) * step
+
+
+def from_minor(minor: int, currency: str) -> Decimal:
+    """An amount in minor units back in the major unit: 1990 EUR -> 19.90, 1200 JPY -> 1200."""
+    return Decimal(int(minor)).scaleb(-minor_units(currency))
+
+
+def format_money(
+    minor: int, currency: str, language: str = "", *, decimal_comma: bool | None = None
+) -> str:
+    """An amount in minor units as the user reads it: "19.90 EUR", "19,90 EUR" for a
+    language that writes a decimal comma (or ``decimal_comma=True``), "1200 JPY"."""
+    code = currency.upper()
+    places = 0 if code in WHOLE_UNITS else minor_units(code)
+    text = f"{from_minor(minor, code):.{places}f}"
+    if decimal_comma is None:
+        decimal_comma = language.split("-")[0].lower() in DECIMAL_COMMA
+    return (text.replace(".", ",") if decimal_comma else text) + f" {code}"
 
 
 @dataclass(frozen=True)
@@ -87,8 +149,8 @@ class Catalog:
         return next((p for p in self.products if p.sku == sku), None)
 
     def minor(self, price: float) -> int:
-        """A price in the currency's minor unit (cents), as payment APIs want it."""
-        return round(price) if self.currency.upper() in ZERO_DECIMAL else round(price * 100)
+        """A price in the currency's minor unit, as payment APIs want it (:func:`to_minor`)."""
+        return to_minor(price, self.currency)
 
     def find_order(self, order_number: str) -> dict[str, Any] | None:
         """Return the sample order with this (normalised) number, if any."""

@@ -4,8 +4,10 @@ One document per order, its history an array inside it. A status change is a sin
 ``find_one_and_update`` whose filter carries the transition rule (the current status
 must be one the new status may follow) and whose update ``$set``s the status and
 ``$push``es the history entry, so two racing webhooks cannot both win and the history
-never disagrees with the status. Unique indexes on ``orders.order_id`` and
-``payment_events.event_id`` make ``create`` and ``record_event`` idempotent.
+never disagrees with the status. The ids of the payment events applied to an order are
+an array in it too (``events``): the same update pushes the event id, its filter says
+``events: {$ne: id}``, so an event is applied once, and only together with its change.
+A unique index on ``orders.order_id`` makes ``create`` idempotent.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ from commerce.orders import (
     new_order,
 )
 from runtime.retry import TransientError
+from runtime.settings import Settings, SettingsError
 
 T = TypeVar("T")
 NO_ID = {"_id": False}
 
 
 class MongoOrderStore(OrderStore):
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Any = None) -> MongoOrderStore:
+        c = settings.commerce
+        if not c.mongo_url:
+            raise SettingsError(["HABLA_MONGO_URL is required when the order store is mongo"])
+        return cls(c.mongo_url, c.mongo_database)
+
     def __init__(
         self,
         url: str,
@@ -48,13 +58,11 @@ class MongoOrderStore(OrderStore):
         self._client = client
         self._owns_client = client is None
         self.orders: Any = None
-        self.events: Any = None
 
     async def setup(self) -> None:
         if self._client is None:
             self._client = AsyncIOMotorClient(self.url, serverSelectionTimeoutMS=self.timeout_ms)
-        db = self._client[self.database]
-        self.orders, self.events = db["orders"], db["payment_events"]
+        self.orders = self._client[self.database]["orders"]
 
         async def indexes() -> None:
             await self.orders.create_index("order_id", unique=True, name="order_id_unique")
@@ -62,7 +70,6 @@ class MongoOrderStore(OrderStore):
             await self.orders.create_index(
                 [("conversation_id", ASCENDING), ("created_at", ASCENDING)], name="conversation"
             )
-            await self.events.create_index("event_id", unique=True, name="event_id_unique")
 
         await self._call(indexes)
 
@@ -114,6 +121,7 @@ class MongoOrderStore(OrderStore):
         note: str = "",
         payment_ref: str | None = None,
         url: str | None = None,
+        event_id: str | None = None,
     ) -> Order | None:
         check_status(status)
         now = time.time()
@@ -122,24 +130,30 @@ class MongoOrderStore(OrderStore):
             fields["payment_ref"] = payment_ref
         if url is not None:
             fields["checkout_url"] = url
+        # with an event: only if it was not applied before, and recorded in the same update
+        unseen: dict[str, Any] = {} if event_id is None else {"events": {"$ne": event_id}}
+        record: dict[str, Any] = {} if event_id is None else {"events": event_id}
 
         async def write() -> Order | None:
             for _ in range(5):  # the status may change between the guarded write and the read
                 doc = await self.orders.find_one_and_update(
-                    {"order_id": order_id, "status": {"$in": allowed_from(status)}},
+                    {"order_id": order_id, "status": {"$in": allowed_from(status)}, **unseen},
                     {
                         "$set": {**fields, "status": status},
-                        "$push": {"history": {"status": status, "at": now, "note": note}},
+                        "$push": {"history": {"status": status, "at": now, "note": note}, **record},
                     },
                     projection=NO_ID,
                     return_document=ReturnDocument.AFTER,
                 )
                 if doc is not None:
                     return Order.from_doc(doc)
-                if len(fields) > 1:  # a repeat that brings a new payment_ref or url
+                repeat: dict[str, Any] = {"$set": fields} if len(fields) > 1 else {}
+                if record:
+                    repeat["$push"] = record
+                if repeat:  # a repeat that brings a new payment_ref or url, or an event
                     doc = await self.orders.find_one_and_update(
-                        {"order_id": order_id, "status": status},
-                        {"$set": fields},
+                        {"order_id": order_id, "status": status, **unseen},
+                        repeat,
                         projection=NO_ID,
                         return_document=ReturnDocument.AFTER,
                     )
@@ -152,6 +166,10 @@ class MongoOrderStore(OrderStore):
                 current = await self.orders.find_one({"order_id": order_id}, {"status": True})
                 if current is None:
                     return None
+                if event_id is not None and await self.orders.find_one(
+                    {"order_id": order_id, "events": event_id}, {"_id": True}
+                ):
+                    return None  # applied before
                 if status not in TRANSITIONS[current["status"]]:
                     raise TransitionRefused(order_id, current["status"], status)
             raise TransientError(f"mongo: order {order_id} kept changing under update_status")
@@ -166,13 +184,3 @@ class MongoOrderStore(OrderStore):
             return [Order.from_doc(doc) async for doc in cursor]
 
         return await self._call(find)
-
-    async def record_event(self, event_id: str) -> bool:
-        async def insert() -> bool:
-            try:
-                await self.events.insert_one({"event_id": event_id, "at": time.time()})
-            except DuplicateKeyError:
-                return False
-            return True
-
-        return await self._call(insert)

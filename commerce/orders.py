@@ -6,7 +6,9 @@ payment provider's webhooks arrive. Each accepted change appends ``{status, at, 
 to its history in the same write; a repeat of the current status is a no-op, and a
 change the table does not allow raises :class:`TransitionRefused` (so a late
 ``payment_failed`` cannot undo ``paid``, nor ``paid`` undo ``refunded``). Webhook
-deliveries are deduplicated by provider event id with :meth:`OrderStore.record_event`.
+deliveries are deduplicated by provider event id: ``update_status(..., event_id=...)``
+records the event in the same atomic write as the change, so a delivery whose write
+failed is applied when the provider retries it, and one that succeeded is applied once.
 
 Two stores keep the same contract: :class:`SQLiteOrderStore` in the embedded SQLite
 file every habla store shares, and ``commerce.mongo.MongoOrderStore``.
@@ -18,10 +20,11 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from runtime.settings import Settings
 from runtime.sqlite import SQLite
 
 STATUSES = ("created", "link_sent", "paid", "failed", "refunded", "expired", "cancelled")
@@ -106,6 +109,13 @@ def new_order(order: Order, now: float) -> Order:
 
 
 class OrderStore(ABC):
+    """Orders and their status history (registered in runtime/providers.py ORDER_STORES)."""
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings, db: SQLite) -> OrderStore:
+        """Build from the settings (``db``: the embedded SQLite file)."""
+
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables or indexes."""
 
@@ -132,21 +142,22 @@ class OrderStore(ABC):
         note: str = "",
         payment_ref: str | None = None,
         url: str | None = None,
+        event_id: str | None = None,
     ) -> Order | None:
         """Move the order to ``status`` and append it to the history, atomically.
 
         None when there is no such order. A repeat of the current status appends
         nothing (a new ``payment_ref``/``url`` given with it is still stored). Raises
         :class:`TransitionRefused` when :data:`TRANSITIONS` does not allow the change.
+
+        ``event_id``, the payment provider's event that brings the change, is recorded
+        as processed in the same write: None, and nothing changes, when it already was.
+        A refused or failed update records nothing, so a redelivery is applied.
         """
 
     @abstractmethod
     async def for_conversation(self, conversation_id: str) -> list[Order]:
         """The conversation's orders, oldest first."""
-
-    @abstractmethod
-    async def record_event(self, event_id: str) -> bool:
-        """True the first time a provider event id is seen (process it), else False."""
 
 
 def check_status(status: str) -> None:
@@ -200,6 +211,10 @@ class SQLiteOrderStore(OrderStore):
 
     def __init__(self, db: SQLite) -> None:
         self.db = db
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: SQLite) -> SQLiteOrderStore:
+        return cls(db)
 
     async def setup(self) -> None:
         await self.db.script(SCHEMA)
@@ -277,11 +292,19 @@ class SQLiteOrderStore(OrderStore):
         note: str = "",
         payment_ref: str | None = None,
         url: str | None = None,
+        event_id: str | None = None,
     ) -> Order | None:
         check_status(status)
         now = time.time()
 
         def write(conn: sqlite3.Connection) -> Order | None:
+            if (
+                event_id is not None
+                and conn.execute(
+                    "SELECT 1 FROM payment_events WHERE event_id = ?", (event_id,)
+                ).fetchone()
+            ):
+                return None  # processed before
             row = conn.execute("SELECT status FROM orders WHERE order_id = ?", (order_id,))
             current = row.fetchone()
             if current is None:
@@ -308,47 +331,13 @@ class SQLiteOrderStore(OrderStore):
                     f"UPDATE orders SET {', '.join(sets)} WHERE order_id = ?",
                     (*values, order_id),
                 )
+            if event_id is not None:  # committed with the change, or rolled back with it
+                conn.execute(
+                    "INSERT INTO payment_events (event_id, at) VALUES (?, ?)", (event_id, now)
+                )
             return self._load(conn, "order_id = ?", (order_id,))[0]
 
         return await self.db.run(write)
 
     async def for_conversation(self, conversation_id: str) -> list[Order]:
         return await self.db.run(lambda c: self._load(c, "conversation_id = ?", (conversation_id,)))
-
-    async def record_event(self, event_id: str) -> bool:
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO payment_events (event_id, at) VALUES (?, ?)",
-            (event_id, time.time()),
-        )
-        return cur == 1
-
-
-def _sqlite_store(sqlite: SQLite | None, mongo_url: str, database: str) -> OrderStore:
-    if sqlite is None:
-        raise ValueError("the sqlite order store needs the shared SQLite database")
-    return SQLiteOrderStore(sqlite)
-
-
-def _mongo_store(sqlite: SQLite | None, mongo_url: str, database: str) -> OrderStore:
-    from commerce.mongo import MongoOrderStore  # motor is imported only when used
-
-    if not mongo_url:
-        raise ValueError("HABLA_MONGO_URL is required when the order store is mongo")
-    return MongoOrderStore(mongo_url, database)
-
-
-ORDER_STORES: dict[str, Callable[[SQLite | None, str, str], OrderStore]] = {
-    "sqlite": _sqlite_store,
-    "mongo": _mongo_store,
-}
-
-
-async def make_order_store(
-    kind: str, sqlite: SQLite | None = None, mongo_url: str = "", database: str = "habla"
-) -> OrderStore:
-    """The store named by ``HABLA_ORDER_STORE``, set up and ready."""
-    if kind not in ORDER_STORES:
-        raise ValueError(f"unknown order store {kind!r}; one of {', '.join(ORDER_STORES)}")
-    store = ORDER_STORES[kind](sqlite, mongo_url, database)
-    await store.setup()
-    return store

@@ -19,14 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.retry import PermanentError, TransientError
+from runtime.errors import HablaError
+from runtime.retry import backoff_delay
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -190,14 +190,13 @@ class Outbox:
         now = time.time()
         try:
             result = await handler(job.payload)
-        except TransientError as e:
-            if attempts >= self.max_attempts:
+        except HablaError as e:
+            if not e.transient:
+                await self._finish(job.id, "failed", attempts, str(e), {})
+            elif attempts >= self.max_attempts:
                 await self._finish(job.id, "failed", attempts, f"gave up: {e}", {})
             else:
-                delay = min(self.max_delay_s, self.backoff_s * 2 ** (attempts - 1))
-                if e.retry_after:
-                    delay = max(delay, min(e.retry_after, self.max_delay_s))
-                delay *= random.uniform(0.8, 1.2)
+                delay = backoff_delay(attempts, self.backoff_s, self.max_delay_s, e.retry_after)
                 await self.db.execute(
                     "UPDATE outbox SET attempts = ?, next_at = ?, lease_until = 0, "
                     "last_error = ?, updated_at = ? WHERE id = ?",
@@ -212,8 +211,6 @@ class Outbox:
                     self.max_attempts,
                     delay,
                 )
-        except PermanentError as e:
-            await self._finish(job.id, "failed", attempts, str(e), {})
         except Exception as e:  # a bug in a handler: record it, never lose the job silently
             logger.exception("outbox: %s %s raised", job.kind, job.key)
             await self._finish(job.id, "failed", attempts, f"{type(e).__name__}: {e}", {})

@@ -10,8 +10,9 @@ but never loses it, and every write is idempotent:
   retry after a timeout gets the same session (and the buyer one payment link);
 - CRM records are upserted by phone/e-mail and by the order id.
 
-One instance per process: the server installs its own (``install``); action code in a
-worker process or an external action server builds one from the settings on first use.
+Built by the composition root (``habla/wiring.py`` ``build_commerce``) in the server
+and in each engine worker, and handed to the actions that declare a ``commerce``
+attribute (``actions/commerce.py``).
 """
 
 from __future__ import annotations
@@ -22,15 +23,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from commerce.catalog import Catalog, Product, display_name, load_catalog
+from commerce.catalog import Catalog, Product, display_name, from_minor, load_catalog
 from commerce.crm.base import CRM, Contact, Deal
-from commerce.orders import Order, OrderStore, TransitionRefused, make_order_store
+from commerce.orders import Order, OrderStore, TransitionRefused
 from commerce.outbox import Job, Outbox
 from commerce.payments.base import LineItem, PaymentEvent, Payments
 from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings, SettingsError
+from runtime.settings import Settings
 from runtime.sqlite import SQLite
 
 logger = logging.getLogger(__name__)
@@ -87,8 +86,8 @@ class Commerce:
         c = settings.commerce
         self.settings = settings
         self.db = db
-        self.crm = crm if crm is not None else make_crm(settings)
-        self.payments = payments if payments is not None else make_payments(settings)
+        self.crm = crm
+        self.payments = payments
         self._orders = orders
         self.outbox = Outbox(db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s)
         self.outbox.register("payments.checkout", self._checkout)
@@ -105,13 +104,12 @@ class Commerce:
             raise RuntimeError("Commerce.start() was not awaited")
         return self._orders
 
-    async def start(self) -> None:
+    async def start(self, orders: OrderStore | None = None) -> None:
         """Open the stores and clients (the server starts the outbox's retry loop)."""
-        c = self.settings.commerce
+        if orders is not None:
+            self._orders = orders
         if self._orders is None:
-            self._orders = await make_order_store(
-                c.order_store, self.db, c.mongo_url, c.mongo_database
-            )
+            raise RuntimeError("Commerce needs an order store (habla/wiring.py build_commerce)")
         await self.outbox.setup()
         for part in (self.crm, self.payments):
             if part is not None:
@@ -231,10 +229,12 @@ class Commerce:
         return {"url": link.url, "session": link.provider_id}
 
     async def handle_payment_event(self, event: PaymentEvent) -> tuple[Order, str] | None:
-        """Apply a verified provider event once: the order and the intent to tell the user."""
-        if not await self.orders.record_event(event.event_id):
-            logger.info("payment event %s already processed", event.event_id)
-            return None
+        """Apply a verified provider event once: the order and the intent to tell the user.
+
+        The event is recorded as processed in the same write that changes the order, so
+        a delivery that fails (the webhook answers 500) is applied when the provider
+        retries it, and a duplicate of one that was applied changes and says nothing.
+        """
         order = await self.orders.get(event.order_id) if event.order_id else None
         if order is None and event.provider_ref:
             order = await self.orders.find_by_payment_ref(event.provider_ref)
@@ -255,11 +255,13 @@ class Commerce:
                 ORDER_STATUS[event.type],
                 note,
                 payment_ref=event.provider_ref or None,
+                event_id=event.event_id,
             )
         except TransitionRefused as e:  # out of order (a late failure after the payment)
             logger.info("order %s: %s ignored (%s)", order.order_id, event.raw_type, e)
             return None
         if updated is None:
+            logger.info("payment event %s already processed", event.event_id)
             return None
         stage = {"paid": "won", "refunded": "lost"}.get(event.type)
         if self.crm is not None and stage:
@@ -376,7 +378,7 @@ class Commerce:
             Deal(
                 ref=order.order_id,
                 name=f"{order.order_id}: {title}",
-                amount=order.amount_minor / 100,
+                amount=float(from_minor(order.amount_minor, order.currency)),
                 currency=order.currency,
                 stage=stage,
                 contact_id=contact_id,
@@ -402,109 +404,4 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
     }
 
 
-def field_map(raw: str) -> dict[str, dict[str, str]]:
-    """``HABLA_CRM_FIELD_MAP`` ('contact.language=preferred_language,stage.won=Won,
-    ref=my_ref') as {"contact": {...}, "stage": {...}, "ref": {"": ...}}."""
-    out: dict[str, dict[str, str]] = {"contact": {}, "stage": {}, "ref": {}}
-    for item in filter(None, (p.strip() for p in raw.split(","))):
-        key, sep, value = item.partition("=")
-        group, _, name = key.strip().partition(".")
-        if not sep or group not in out or (group != "ref" and not name):
-            raise SettingsError(
-                [
-                    f"commerce.crm_field_map (HABLA_CRM_FIELD_MAP): {item!r} is not "
-                    "contact.<field>=<name>, stage.<open|won|lost>=<name> or ref=<name>"
-                ]
-            )
-        out[group][name] = value.strip()
-    return out
-
-
-def make_crm(settings: Settings) -> CRM | None:
-    c = settings.commerce
-    mapping = field_map(c.crm_field_map)
-    ref = mapping["ref"].get("")
-    if c.crm == "hubspot":
-        from commerce.crm.hubspot import HubSpotCRM
-
-        return HubSpotCRM(
-            access_token=c.hubspot_token,
-            host=c.hubspot_host,
-            pipeline=c.hubspot_pipeline,
-            contact_fields=mapping["contact"],
-            stage_map=mapping["stage"],
-            ref_property=ref or "habla_ref",
-        )
-    if c.crm == "salesforce":
-        import requests
-
-        from commerce.crm.salesforce import SalesforceCRM
-
-        session = requests.Session()
-        session.trust_env = False  # no proxy or netrc surprises: the configured host only
-        if c.salesforce_ca_bundle:
-            session.verify = str(settings.path(c.salesforce_ca_bundle))
-        return SalesforceCRM(
-            instance_url=c.salesforce_instance_url,
-            session_id=c.salesforce_token,
-            session=session,
-            contact_fields=mapping["contact"],
-            stage_map=mapping["stage"],
-            ref_field=ref or "Habla_Ref__c",
-        )
-    return None
-
-
-def make_payments(settings: Settings) -> Payments | None:
-    c = settings.commerce
-    if c.payments == "stripe":
-        from commerce.catalog import read_catalog
-        from commerce.payments.stripe import StripePayments
-
-        try:  # start-up, before serving: products sold at an existing Stripe Price
-            catalog = read_catalog(settings.path(c.catalog))
-            prices = {p.sku: p.stripe_price for p in catalog.products if p.stripe_price}
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
-            raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
-        return StripePayments(
-            prices=prices,
-            api_key=c.stripe_key,
-            webhook_secret=c.stripe_webhook_secret,
-            api_base=c.stripe_api_base,
-            tolerance_s=c.stripe_tolerance_s,
-        )
-    return None
-
-
-# ---- one instance per process -------------------------------------------------------
-
-_installed: Commerce | None = None
-_settings: Settings | None = None
-
-
-def install(service: Commerce | None) -> None:
-    """The server's instance, used by actions running in the server process."""
-    global _installed
-    _installed = service
-
-
-def configure(settings: Settings) -> None:
-    """Settings for building an instance lazily (engine worker processes)."""
-    global _settings
-    _settings = settings
-
-
-async def commerce() -> Commerce:
-    """This process's Commerce (built on first use outside the server process)."""
-    global _installed
-    if _installed is None:
-        from runtime.settings import load_settings
-
-        settings = _settings or load_settings()
-        service = Commerce(settings, SQLite(settings.data_dir / "habla.sqlite3"))
-        await service.start()
-        _installed = service
-    return _installed
-
-
-__all__ = ["Commerce", "Customer", "EVENT_INTENTS", "Job", "TransientError", "commerce"]
+__all__ = ["Commerce", "Customer", "EVENT_INTENTS", "Job", "TransientError"]

@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from runtime.settings import Settings
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -29,6 +31,11 @@ class Detector(ABC):
 
     def __init__(self, languages: list[str]) -> None:
         self.languages = languages
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Detector:
+        """Build for the bot's languages (registered in runtime/providers.py)."""
+        return cls(settings.languages)
 
     @abstractmethod
     def detect(self, text: str) -> Detection:
@@ -97,6 +104,3 @@ class LangdetectDetector(Detector):
             return Detection(None, 0.0)
         best = max(scores, key=scores.__getitem__)
         return Detection(best, scores[best] / total)
-
-
-DETECTORS: dict[str, type[Detector]] = {d.name: d for d in (LinguaDetector, LangdetectDetector)}

@@ -17,10 +17,10 @@ Per message, :class:`LanguagePolicy` decides the language of the turn:
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from i18n.detect import Detection, Detector
+from runtime.text import strip_accents
 
 # Names users give languages, in the languages the example bot speaks and a few more.
 LANGUAGE_NAMES: dict[str, tuple[str, ...]] = {
@@ -77,10 +77,6 @@ class LanguageDecision:
     reason: str  # requested | sticky | ambiguous | detected | default | prior
 
 
-def _strip_accents(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-
-
 class LanguagePolicy:
     def __init__(
         self,
@@ -116,7 +112,7 @@ class LanguagePolicy:
         cleaned = " ".join(text.strip().lower().split())
         if len(cleaned) > 60:
             return None
-        for candidate in (cleaned, _strip_accents(cleaned)):
+        for candidate in (cleaned, strip_accents(cleaned)):
             for code, pattern in self._requests:
                 if pattern.fullmatch(candidate):
                     return code
@@ -126,7 +122,7 @@ class LanguagePolicy:
         """For a message made only of common chat phrases ("hola, buenas tardes"), the
         languages they share. It names the language of a first message; later, such
         messages ("thanks!", "ok") keep the conversation's language."""
-        plain = _strip_accents(text.lower())
+        plain = strip_accents(text.lower())
         langs: set[str] | None = None
         for chunk in filter(None, (" ".join(c.split()) for c in re.split(r"[^\w\s']+", plain))):
             if chunk not in self._lexicon:

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from i18n.detect import Detection
 from i18n.language import LanguagePolicy
-from i18n.store import LanguageStore
+from runtime.errors import HablaError
 from runtime.messages import BotReply, Button, mask_phone
-from runtime.retry import PermanentError, TransientError
+from runtime.preferences import LanguageStore
 from runtime.turn import TurnContext
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,10 @@ class DetectLanguage:
         current, explicit = await self.store.get(msg.conversation_id)
         # a tapped button or an intent the runtime triggers carries no language
         text = "" if msg.button_payload or msg.text.startswith("/") else msg.text
-        voice = msg.metadata.get("voice") or {}
+        voice = ctx.voice_in
         heard = (  # even when the words could not be used ("say it again"), in it
-            Detection(voice["language"], float(voice.get("language_confidence", 0.0)))
-            if voice.get("language")
+            Detection(voice.language, voice.language_confidence)
+            if voice is not None and voice.language
             else None
         )
         decision = self.policy.decide(text, current, sticky=explicit, heard=heard)
@@ -89,7 +89,7 @@ class TranslateForNLU:
             return ctx
         try:
             [text] = await self.translator.translate([msg.text], ctx.language, self.default)
-        except (TransientError, PermanentError) as e:
+        except HablaError as e:
             logger.warning("translation for NLU failed (%s); parsing the original text", e)
             return ctx
         metadata = {**msg.metadata, "original_text": msg.text}
@@ -168,7 +168,7 @@ class LocalizeReplies:
             texts.extend(b.title for b in ctx.replies[i].buttons)
         try:
             translated = await self.translator.translate(texts, self.default, lang)
-        except (TransientError, PermanentError) as e:
+        except HablaError as e:
             logger.warning("translation to %s failed (%s); replying as authored", lang, e)
             return ctx
         replies = list(ctx.replies)

@@ -11,20 +11,18 @@ timeouts, connection errors) or :class:`PermanentError` (other 4xx, credentials)
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import logging
 import re
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import aiohttp
 
-from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings, SettingsError
-from runtime.sqlite import SQLite
+from runtime.errors import HablaError, PermanentError, TransientError, error_for_status
+from runtime.settings import Settings
+from runtime.translation_cache import TranslationCache
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +91,11 @@ def status_error(
     provider: str, status: int, message: str, retry_after: float | None = None
 ) -> Exception:
     """The error for a provider's HTTP status: 408, 429 and 5xx are transient."""
-    reason = f"{provider} {status}: {message}".strip()
-    if status in (408, 429) or status >= 500:
-        return TransientError(reason, retry_after)
-    return PermanentError(reason)
+    return error_for_status(status, f"{provider} {status}: {message}".strip(), retry_after)
 
 
 def _lang(code: str) -> str:
     return code.strip().lower()
-
-
-TRANSLATORS: dict[str, type[Translator]] = {}
 
 
 class Translator(ABC):
@@ -116,10 +108,10 @@ class Translator(ABC):
         self.settings = settings
         self.timeout_s = settings.send.timeout_s
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            TRANSLATORS[cls.name] = cls
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Translator:
+        """Build from the settings (registered in runtime/providers.py TRANSLATORS)."""
+        return cls(settings)
 
     async def start(self) -> None:
         """Open connections (inside the running event loop)."""
@@ -164,7 +156,7 @@ class Translator(ABC):
             done = await asyncio.wait_for(
                 self._translate_html(htmls, source, target), self.timeout_s
             )
-        except (TransientError, PermanentError):
+        except HablaError:
             raise
         except Exception as e:
             mapped = self.map_error(e)
@@ -240,142 +232,6 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-def make_translator(
-    settings: Settings, session: aiohttp.ClientSession | None = None
-) -> Translator | None:
-    """The configured translator, or None when ``i18n.translator`` is empty."""
-    name = settings.i18n.translator
-    if not name:
-        return None
-    import i18n.providers  # noqa: F401  (fills TRANSLATORS)
-
-    if name not in TRANSLATORS:
-        raise SettingsError([f"unknown translator {name!r}: one of {', '.join(TRANSLATORS)}"])
-    return TRANSLATORS[name](settings, session)
-
-
-# ---------------------------------------------------------------- cache
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-class TranslationCache(ABC):
-    """Translations by (provider, source, target, text); ``source`` "" is stored as auto."""
-
-    @abstractmethod
-    async def get_many(
-        self, provider: str, source: str, target: str, texts: Sequence[str]
-    ) -> dict[str, str]:
-        """The cached translations of those ``texts`` that have one."""
-
-    @abstractmethod
-    async def put_many(
-        self, provider: str, source: str, target: str, translations: Mapping[str, str]
-    ) -> None:
-        """Store text → translation pairs."""
-
-
-class SQLiteTranslationCache(TranslationCache):
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS translations (
-        provider TEXT NOT NULL,
-        source TEXT NOT NULL,
-        target TEXT NOT NULL,
-        text_hash TEXT NOT NULL,
-        text TEXT NOT NULL,
-        translated TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (provider, source, target, text_hash)
-    );
-    """
-    CHUNK = 500  # bound variables per query
-
-    def __init__(self, db: SQLite) -> None:
-        self.db = db
-        self._ready = False
-
-    async def setup(self) -> None:
-        """Create the table (also done on first use)."""
-        await self.db.script(self.SCHEMA)
-        self._ready = True
-
-    async def _ensure(self) -> None:
-        if not self._ready:
-            await self.setup()
-
-    async def get_many(
-        self, provider: str, source: str, target: str, texts: Sequence[str]
-    ) -> dict[str, str]:
-        await self._ensure()
-        wanted = set(texts)
-        hashes = sorted({text_hash(t) for t in wanted})
-        found: dict[str, str] = {}
-        for i in range(0, len(hashes), self.CHUNK):
-            chunk = hashes[i : i + self.CHUNK]
-            rows = await self.db.fetchall(
-                "SELECT text, translated FROM translations WHERE provider = ? AND source = ?"
-                f" AND target = ? AND text_hash IN ({', '.join('?' * len(chunk))})",
-                (provider, source or "auto", target, *chunk),
-            )
-            found.update((text, translated) for text, translated in rows if text in wanted)
-        return found
-
-    async def put_many(
-        self, provider: str, source: str, target: str, translations: Mapping[str, str]
-    ) -> None:
-        await self._ensure()
-        now = time.time()
-        rows = [
-            (provider, source or "auto", target, text_hash(t), t, tr, now)
-            for t, tr in translations.items()
-        ]
-        await self.db.run(
-            lambda c: c.executemany(
-                "INSERT OR REPLACE INTO translations VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-            )
-        )
-
-
-class RedisTranslationCache(TranslationCache):
-    """Keys ``habla:tr:{provider}:{source}:{target}:{sha256}``; ``client`` is a
-    ``redis.asyncio.Redis`` owned by the caller."""
-
-    def __init__(
-        self, client: Any, ttl_s: int | None = 90 * 86400, prefix: str = "habla:tr"
-    ) -> None:
-        self.client = client
-        self.ttl_s = ttl_s
-        self.prefix = prefix
-
-    def key(self, provider: str, source: str, target: str, text: str) -> str:
-        return f"{self.prefix}:{provider}:{source or 'auto'}:{target}:{text_hash(text)}"
-
-    async def get_many(
-        self, provider: str, source: str, target: str, texts: Sequence[str]
-    ) -> dict[str, str]:
-        unique = list(dict.fromkeys(texts))
-        if not unique:
-            return {}
-        values = await self.client.mget([self.key(provider, source, target, t) for t in unique])
-        return {
-            t: v.decode("utf-8") if isinstance(v, bytes) else str(v)
-            for t, v in zip(unique, values, strict=True)
-            if v is not None
-        }
-
-    async def put_many(
-        self, provider: str, source: str, target: str, translations: Mapping[str, str]
-    ) -> None:
-        if not translations:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for text, translated in translations.items():
-            pipe.set(self.key(provider, source, target, text), translated, ex=self.ttl_s)
-        await pipe.execute()
-
-
 class CachingTranslator:
     """A translator behind a cache: only misses are sent, in one call, each text once.
 
@@ -417,17 +273,3 @@ class CachingTranslator:
                 logger.warning("translation cache write failed", exc_info=True)
             known.update(fresh)
         return [known.get(t, t) for t in texts]
-
-
-async def start_translator(
-    settings: Settings,
-    cache: TranslationCache,
-    session: aiohttp.ClientSession | None = None,
-) -> CachingTranslator | None:
-    """The configured translator behind ``cache``, started; None without a translator."""
-    translator = make_translator(settings, session)
-    if translator is None:
-        return None
-    caching = CachingTranslator(translator, cache)
-    await caching.start()
-    return caching

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from rasa.utils.endpoints import ClientResponseError, EndpointConfig
@@ -20,18 +21,23 @@ from rasa_sdk.executor import ActionExecutor
 from rasa_sdk.interfaces import ActionExecutionRejection, ActionNotFoundException
 
 from runtime.messages import mask_phone
-from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 class InProcessActionEndpoint(EndpointConfig):
-    def __init__(self, package: str, error_response: str = "utter_default") -> None:
+    def __init__(
+        self,
+        package: str,
+        error_response: str = "utter_default",
+        dependencies: Mapping[str, object] | None = None,
+    ) -> None:
         super().__init__(url=f"inprocess://{package}")
         importlib.import_module(package)  # a broken actions package fails start-up clearly
         self.executor = ActionExecutor()
         self.executor.register_package(package)
         self.error_response = error_response
+        inject(self.executor, dependencies or {})
 
     async def request(
         self,
@@ -60,8 +66,13 @@ class InProcessActionEndpoint(EndpointConfig):
             return {"events": [], "responses": responses}
 
 
-def endpoint_from_settings(settings: Settings) -> EndpointConfig:
-    """An external action server if one is configured, else rasa_sdk in-process."""
-    if settings.bot.action_endpoint:
-        return EndpointConfig(url=settings.bot.action_endpoint)
-    return InProcessActionEndpoint(settings.bot.actions_module, settings.bot.action_error_response)
+def inject(executor: ActionExecutor, dependencies: Mapping[str, object]) -> None:
+    """Hand each registered action the services it declares as class attributes
+    (``commerce: Commerce | None = None``); nothing global is looked up."""
+    for run in executor.actions.values():
+        action = getattr(run, "__self__", None)
+        if action is None:
+            continue
+        for name, value in dependencies.items():
+            if hasattr(type(action), name):
+                setattr(action, name, value)

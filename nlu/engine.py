@@ -11,6 +11,7 @@ import asyncio
 import logging
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ class Engine(ABC):
     @abstractmethod
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
         """Run one user message through NLU, dialogue and actions."""
+
+    def bind_services(self, dependencies: Mapping[str, object]) -> None:  # noqa: B027
+        """Hand in-process actions these services (see nlu/actions.py ``inject``)."""
 
     async def close(self) -> None:
         return None
@@ -95,6 +99,13 @@ class RasaEngine(Engine):
         self.agent = await asyncio.to_thread(load)
         install_parse_cache(self.agent.processor, self.parse_cache)
         logger.info("loaded model %s", self.model_path.name)
+
+    def bind_services(self, dependencies: Mapping[str, object]) -> None:  # noqa: B027
+        executor = getattr(self.action_endpoint, "executor", None)
+        if executor is not None:
+            from nlu.actions import inject
+
+            inject(executor, dependencies)
 
     def bind_tracker_store(self, tracker_store: Any) -> None:
         tracker_store.domain = self.agent.domain

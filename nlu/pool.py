@@ -7,8 +7,10 @@ in-process actions. A conversation is pinned to one worker (a stable hash of its
 so its turns stay in order and its state has a single writer.
 
 The server and a worker talk over a socket pair with length-prefixed pickled frames,
-awaited on both sides. A worker that dies fails its in-flight turns (they are logged
-and marked failed in the inbox) and is restarted on the next message.
+awaited on both sides. A worker that dies fails its in-flight turns with a transient
+error (the turn retries them) and is restarted on the next message. What a worker
+builds (engine, tracker store, the Commerce its actions use) comes from the
+composition root, passed in as ``setup``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 from nlu.engine import Engine
+from runtime.errors import PermanentError, TransientError, classify
 from runtime.messages import BotReply, InboundMessage
 from runtime.settings import Settings
 
@@ -35,8 +39,16 @@ _HEADER = struct.Struct("!I")
 READY_TIMEOUT_S = 600.0  # loading TensorFlow and a model on a busy machine
 
 
-class EngineWorkerError(RuntimeError):
-    pass
+class EngineWorkerError(PermanentError):
+    """The turn failed inside the worker (its traceback is in the worker's log)."""
+
+
+class EngineWorkerGone(TransientError):
+    """The worker died with the turn in flight: it is restarted, the turn retried."""
+
+
+WorkerSetup = Callable[[Settings, Path], AbstractAsyncContextManager[Engine]]
+"""Builds a worker's engine (habla/wiring.py ``worker_engine``): picklable by name."""
 
 
 async def _write(writer: asyncio.StreamWriter, frame: Any) -> None:
@@ -54,33 +66,28 @@ async def _read(reader: asyncio.StreamReader) -> Any:
         return None
 
 
-def worker_main(sock: socket.socket, settings: Settings, model_path: str) -> None:
+def worker_main(
+    sock: socket.socket, settings: Settings, model_path: str, setup: WorkerSetup
+) -> None:
     """Entry point of a worker process."""
     import signal
 
-    from runtime.cli import configure_logging
+    from nlu.logs import configure_logging
 
     # Ctrl-C reaches the whole process group: the server finishes its turns, then stops us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.server.log_level)
-    asyncio.run(_serve(sock, settings, Path(model_path)))
+    asyncio.run(_serve(sock, settings, Path(model_path), setup))
 
 
-async def _serve(sock: socket.socket, settings: Settings, model_path: Path) -> None:
-    from commerce import service as commerce_service
-    from nlu.actions import endpoint_from_settings
+async def _serve(
+    sock: socket.socket, settings: Settings, model_path: Path, setup: WorkerSetup
+) -> None:
+    async with setup(settings, model_path) as engine:
+        await _answer(sock, engine)
 
-    commerce_service.configure(settings)  # actions here build their own on first use
-    from nlu.engine import RasaEngine
-    from runtime.sqlite import SQLite
-    from runtime.tracker_store import make_tracker_store
 
-    engine = RasaEngine(model_path, endpoint_from_settings(settings), settings.engine.parse_cache)
-    await engine.load()
-    db = SQLite(settings.data_dir / "habla.sqlite3")
-    store = make_tracker_store(settings, db)
-    await store.setup()
-    engine.bind_tracker_store(store)
+async def _answer(sock: socket.socket, engine: Engine) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     await _write(writer, ("ready", True, None))
     ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
@@ -93,7 +100,7 @@ async def _serve(sock: socket.socket, settings: Settings, model_path: Path) -> N
             frame = (call_id, True, await ops[op](arg))
         except Exception as e:
             logger.exception("engine worker: %s failed", op)
-            frame = (call_id, False, f"{type(e).__name__}: {e}")
+            frame = (call_id, False, (f"{type(e).__name__}: {e}", classify(e).transient))
         await _write(writer, frame)
 
     while (frame := await _read(reader)) is not None:
@@ -105,12 +112,13 @@ async def _serve(sock: socket.socket, settings: Settings, model_path: Path) -> N
         task.add_done_callback(running.discard)
     await asyncio.gather(*running, return_exceptions=True)
     writer.close()
-    await db.close()
 
 
 class _Worker:
-    def __init__(self, index: int, settings: Settings, model_path: Path) -> None:
-        self.index, self.settings, self.model_path = index, settings, model_path
+    def __init__(
+        self, index: int, settings: Settings, model_path: Path, setup: WorkerSetup
+    ) -> None:
+        self.index, self.settings, self.model_path, self.setup = index, settings, model_path, setup
         self.process: Any = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
@@ -127,7 +135,7 @@ class _Worker:
         parent, child = socket.socketpair()
         self.process = ctx.Process(
             target=worker_main,
-            args=(child, self.settings, str(self.model_path)),
+            args=(child, self.settings, str(self.model_path), self.setup),
             name=f"habla-engine-{self.index}",
             daemon=True,
         )
@@ -137,7 +145,7 @@ class _Worker:
         ready = await asyncio.wait_for(_read(reader), READY_TIMEOUT_S)
         if ready is None:
             writer.close()
-            raise EngineWorkerError(f"engine worker {self.index} exited while loading")
+            raise EngineWorkerGone(f"engine worker {self.index} exited while loading")
         self.writer = writer
         self.reader_task = asyncio.create_task(self._receive(reader))
         logger.info("engine worker %d ready (pid %s)", self.index, self.process.pid)
@@ -151,11 +159,13 @@ class _Worker:
             if ok:
                 future.set_result(result)
             else:
-                future.set_exception(EngineWorkerError(result))
+                reason, transient = result
+                error = EngineWorkerGone(reason) if transient else EngineWorkerError(reason)
+                future.set_exception(error)
         self.writer = None
         for future in self.pending.values():
             if not future.done():
-                future.set_exception(EngineWorkerError(f"engine worker {self.index} exited"))
+                future.set_exception(EngineWorkerGone(f"engine worker {self.index} exited"))
         self.pending.clear()
 
     async def call(self, op: str, arg: Any) -> Any:
@@ -188,8 +198,10 @@ class _Worker:
 
 
 class WorkerPoolEngine(Engine):
-    def __init__(self, model_path: Path, settings: Settings, workers: int) -> None:
-        self.workers = [_Worker(i, settings, model_path) for i in range(workers)]
+    def __init__(
+        self, model_path: Path, settings: Settings, workers: int, setup: WorkerSetup
+    ) -> None:
+        self.workers = [_Worker(i, settings, model_path, setup) for i in range(workers)]
 
     async def load(self) -> None:
         await asyncio.gather(*(w.start() for w in self.workers if not w.alive))

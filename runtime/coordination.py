@@ -23,14 +23,22 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
+from runtime.errors import TransientError
 from runtime.messages import SYSTEM_PREFIX, Button, InboundMessage
+from runtime.preferences import LanguageStore, RedisLanguageStore, SQLiteLanguageStore
+from runtime.settings import Settings
 from runtime.sqlite import SQLite
+from runtime.translation_cache import (
+    RedisTranslationCache,
+    SQLiteTranslationCache,
+    TranslationCache,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class LockTimeout(RuntimeError):
-    pass
+class LockTimeout(TransientError):
+    """The conversation's lock was not acquired in time (another turn holds it)."""
 
 
 class ConversationLocks(ABC):
@@ -295,3 +303,63 @@ class RedisChoices(Choices):
     async def recall(self, conversation_id: str) -> list[Button]:
         raw = await self.redis.get(f"{self.prefix}:choices:{conversation_id}")
         return _load(raw) if raw else []
+
+
+class Coordination:
+    """Conversation-scoped state every server process shares: locks, the inbox,
+    numbered choices, language and reply preferences, the translation cache.
+
+    Chosen by ``store.coordination`` (``runtime/providers.py`` COORDINATION); each
+    backend builds itself with :meth:`from_settings`.
+    """
+
+    def __init__(
+        self,
+        locks: ConversationLocks,
+        inbox: Inbox,
+        choices: Choices,
+        languages: LanguageStore,
+        translations: TranslationCache,
+    ) -> None:
+        self.locks, self.inbox, self.choices = locks, inbox, choices
+        self.languages, self.translations = languages, translations
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self.locks.close()
+        await self.inbox.close()
+
+
+class EmbeddedCoordination(Coordination):
+    """One server process: in-process locks, everything else in the SQLite file."""
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
+        inbox = SQLiteInbox(db, settings.store.dedupe_ttl_s)
+        choices = SQLiteChoices(db)
+        languages = SQLiteLanguageStore(db)
+        translations = SQLiteTranslationCache(db)
+        for store in (inbox, choices, languages, translations):
+            await store.setup()
+        return cls(InProcessLocks(), inbox, choices, languages, translations)
+
+
+class RedisCoordination(Coordination):
+    """Several processes or machines: everything in the Redis at ``store.redis_url``."""
+
+    @classmethod
+    async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.store.redis_url)
+        await client.ping()
+        return cls(
+            RedisLocks(client),
+            RedisInbox(client, settings.store.dedupe_ttl_s),
+            RedisChoices(client),
+            RedisLanguageStore(client),
+            RedisTranslationCache(client),
+        )

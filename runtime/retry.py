@@ -1,4 +1,4 @@
-"""Errors mapped once: transient ones are retried with backoff, permanent ones are not."""
+"""Retries with backoff for transient failures (the vocabulary is in runtime/errors.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from runtime.errors import HablaError, PermanentError, TransientError, classify
+
 T = TypeVar("T")
 
-
-class TransientError(Exception):
-    """Worth retrying: rate limit, 5xx, timeout, connection reset."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+__all__ = ["PermanentError", "TransientError", "backoff_delay", "with_retries"]
 
 
-class PermanentError(Exception):
-    """Retrying will not help: bad number, bad credentials, rejected content."""
+def backoff_delay(
+    attempt: int, backoff_s: float, max_delay_s: float, retry_after: float | None = None
+) -> float:
+    """Exponential backoff with jitter for the ``attempt``-th failure (1-based); a
+    provider's ``Retry-After`` is honoured up to ``max_delay_s``."""
+    delay = min(max_delay_s, backoff_s * 2 ** (attempt - 1))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max_delay_s))
+    return delay * random.uniform(0.8, 1.2)
 
 
 async def with_retries(
@@ -31,17 +34,19 @@ async def with_retries(
 ) -> tuple[T, int]:
     """Run ``call`` until it succeeds, raising the last error after ``attempts``.
 
-    Only :class:`TransientError` is retried. Returns the result and the number of
-    attempts it took.
+    Only transient :class:`HablaError`\\ s are retried. Returns the result and the
+    number of attempts it took.
     """
     for attempt in range(1, attempts + 1):
         try:
             return await call(), attempt
-        except TransientError as e:
-            if attempt == attempts:
+        except HablaError as e:
+            if not e.transient or attempt == attempts:
                 raise
-            delay = min(max_delay_s, backoff_s * 2 ** (attempt - 1))
-            if e.retry_after is not None:
-                delay = max(delay, min(e.retry_after, max_delay_s))
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await asyncio.sleep(backoff_delay(attempt, backoff_s, max_delay_s, e.retry_after))
     raise AssertionError("unreachable")
+
+
+def as_error(exc: BaseException, provider: str = "") -> HablaError:
+    """Shorthand for :func:`runtime.errors.classify`."""
+    return classify(exc, provider)

@@ -22,6 +22,9 @@ from urllib.parse import urlparse
 
 import yaml
 
+from runtime import providers
+from runtime.registry import Registry
+
 
 class SettingsError(ValueError):
     """Raised with every invalid or missing setting named at once."""
@@ -37,7 +40,7 @@ def setting(
     doc: str,
     *,
     secret: bool = False,
-    choices: tuple[str, ...] = (),
+    choices: tuple[str, ...] | Registry = (),
 ) -> Any:
     """Declare one setting: its default, environment variable and documentation."""
     return field(
@@ -134,6 +137,26 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class TurnSettings:
+    attempts: int = setting(
+        3,
+        "HABLA_TURN_ATTEMPTS",
+        "Tries of a turn stage that fails transiently (an engine worker died, the "
+        "conversation lock timed out, a store or provider briefly down), with backoff; "
+        "then the user gets the error response.",
+    )
+    backoff_s: float = setting(
+        0.5, "HABLA_TURN_BACKOFF_S", "First delay between those tries (doubles each time)."
+    )
+    error_response: str = setting(
+        "utter_error",
+        "HABLA_TURN_ERROR_RESPONSE",
+        "Domain response sent (in the user's language) when a turn fails for good; if "
+        "the domain lacks it, a plain English apology. Empty: send nothing.",
+    )
+
+
+@dataclass(frozen=True)
 class I18nSettings:
     languages: str = setting(
         "en,es,pt",
@@ -145,7 +168,7 @@ class I18nSettings:
         "lingua",
         "HABLA_LANGUAGE_DETECTOR",
         "Language detector: lingua (default: more accurate on short texts) or langdetect.",
-        choices=("lingua", "langdetect"),
+        choices=providers.LANGUAGE_DETECTORS,
     )
     switch_confidence: float = setting(
         0.6,
@@ -159,7 +182,7 @@ class I18nSettings:
         "Machine translation for replies without an authored variant and for NLU of "
         "languages without training data: google, azure, deepl, libretranslate, or "
         "empty (authored languages only).",
-        choices=("", "google", "azure", "deepl", "libretranslate"),
+        choices=providers.TRANSLATORS,
     )
     translator_url: str = setting(
         "",
@@ -199,14 +222,14 @@ class StoreSettings:
         "sqlite",
         "HABLA_TRACKER_STORE",
         "Conversation state store: sqlite (persistent, default) or memory.",
-        choices=("sqlite", "memory"),
+        choices=providers.TRACKER_STORES,
     )
     coordination: str = setting(
         "embedded",
         "HABLA_COORDINATION",
         "Per-conversation locks and message de-duplication: embedded (one process; "
         "dedupe in SQLite) or redis (several workers or machines).",
-        choices=("embedded", "redis"),
+        choices=providers.COORDINATION,
     )
     redis_url: str = setting(
         "",
@@ -352,14 +375,14 @@ class VoiceSettings:
         "Speech-to-text for voice notes: whisper (offline, faster-whisper; the default), "
         "google (Cloud Speech), azure (Azure Speech), or off (voice notes get a reply "
         "asking the user to write).",
-        choices=("whisper", "google", "azure", "off"),
+        choices=providers.STT,
     )
     tts: str = setting(
         "espeak",
         "HABLA_TTS",
         "Text-to-speech for voice-note replies: espeak (offline espeak-ng; the default), "
         "google (Cloud Text-to-Speech), azure (Azure Speech), or off.",
-        choices=("espeak", "google", "azure", "off"),
+        choices=providers.TTS,
     )
     reply_mode: str = setting(
         "voice+text",
@@ -454,7 +477,7 @@ class CommerceSettings:
         "HABLA_CRM",
         "CRM the built-in actions write to: hubspot, salesforce, or empty (none; the "
         "actions succeed without a CRM record).",
-        choices=("", "hubspot", "salesforce"),
+        choices=providers.CRMS,
     )
     hubspot_token: str = setting(
         "", "HUBSPOT_ACCESS_TOKEN", "HubSpot private-app access token.", secret=True
@@ -489,7 +512,7 @@ class CommerceSettings:
         "",
         "HABLA_PAYMENTS",
         "Payment provider: stripe, or empty (the shop answers without taking payments).",
-        choices=("", "stripe"),
+        choices=providers.PAYMENTS,
     )
     stripe_key: str = setting("", "STRIPE_API_KEY", "Stripe secret key (sk_...).", secret=True)
     stripe_webhook_secret: str = setting(
@@ -523,7 +546,7 @@ class CommerceSettings:
         "sqlite",
         "HABLA_ORDER_STORE",
         "Where orders and their status history live: sqlite (embedded) or mongo.",
-        choices=("sqlite", "mongo"),
+        choices=providers.ORDER_STORES,
     )
     mongo_url: str = setting(
         "",
@@ -549,6 +572,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     bot: BotSettings = field(default_factory=BotSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
     i18n: I18nSettings = field(default_factory=I18nSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
@@ -612,6 +636,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerSettings,
     "bot": BotSettings,
     "engine": EngineSettings,
+    "turn": TurnSettings,
     "i18n": I18nSettings,
     "store": StoreSettings,
     "twilio": TwilioSettings,
@@ -685,10 +710,13 @@ def load_settings(env: Mapping[str, str] | None = None, file: str | Path | None 
         except (TypeError, ValueError) as e:
             problems.append(f"{key} (from {source}): {e}")
             continue
-        if meta["choices"] and value not in meta["choices"]:
-            problems.append(
-                f"{key} (from {source}): {value!r} is not one of {', '.join(meta['choices'])}"
-            )
+        choices = meta["choices"]
+        if isinstance(choices, Registry):
+            if not choices.allows(value):
+                problems.append(f"{key} (from {source}): {value!r} is not {choices.describe()}")
+                continue
+        elif choices and value not in choices:
+            problems.append(f"{key} (from {source}): {value!r} is not one of {', '.join(choices)}")
             continue
         sections.setdefault(section, {})[name] = value
 
@@ -727,6 +755,11 @@ def _validate(s: Settings) -> list[str]:
         problems.append("TWILIO_ACCOUNT_SID: an account SID starts with 'AC'")
     if bool(s.twilio.account_sid) != bool(s.twilio.auth_token):
         problems.append("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+    for name in filter(None, (n.strip() for n in s.server.channels.split(","))):
+        if not providers.CHANNELS.allows(name):
+            problems.append(
+                f"server.channels (HABLA_CHANNELS): {name!r} is not {providers.CHANNELS.describe()}"
+            )
     if not 0 <= s.engine.workers <= 64:
         problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
     langs = s.languages
@@ -740,6 +773,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"HABLA_TRANSLATOR_KEY is required for the {s.i18n.translator} translator")
     if s.i18n.translator == "google" and not s.i18n.google_project:
         problems.append("HABLA_GOOGLE_PROJECT is required for the google translator")
+    if not 1 <= s.turn.attempts <= 10 or s.turn.backoff_s < 0:
+        problems.append("turn.attempts (HABLA_TURN_ATTEMPTS) 1-10, turn.backoff_s >= 0")
     if s.store.tracker_cache < 0:
         problems.append("store.tracker_cache (HABLA_TRACKER_CACHE): 0 or more")
     if s.engine.parse_cache < 0:
@@ -794,7 +829,11 @@ def settings_table() -> str:
         meta = f.metadata
         where = "*(environment only)*" if meta["secret"] else f"`{key}`"
         default = f.default if f.default != "" else "*(unset)*"
-        doc = meta["doc"] + (f" One of: {', '.join(meta['choices'])}." if meta["choices"] else "")
+        choices = meta["choices"]
+        if isinstance(choices, Registry):
+            doc = meta["doc"] + f" One of: {choices.describe()}."
+        else:
+            doc = meta["doc"] + (f" One of: {', '.join(choices)}." if choices else "")
         rows.append(f"| {where} | `{meta['env']}` | {default} | {doc} |")
     return "\n".join(rows)
 

@@ -1,75 +1,179 @@
 """One turn: a short list of stages run under the conversation's lock.
 
-    inbound ─► acknowledge (read receipt) ─► resolve a numbered/titled choice
-            ─► Rasa (NLU, dialogue, actions)
-            ─► deliver on the channel (retrying transient failures) ─► record
+    answer   (understand and answer: text in, replies in the user's language out)
+             acknowledge ─► transcribe ─► resolve a numbered choice ─► language
+             ─► reply mode ─► translate for NLU ─► Rasa ─► localize the replies
+    deliver  (the channel's edge)
+             speak (voice note) ─► send and record
 
-Later stages (media download, speech-to-text, language, translation) slot into the
-list; each takes the turn's context and returns it.
+The stage lists are built by the composition root (``habla/wiring.py``
+``build_turn``); every stage takes the turn's typed context and returns it.
+
+What a turn promises:
+
+* **Retried when it can succeed.** A transient failure inside a stage (an engine
+  worker died, the lock timed out, a store or provider briefly down: any
+  :class:`~runtime.errors.HablaError` with ``transient``) retries that stage with
+  backoff, up to ``attempts`` times.
+* **Never silent.** When it finally fails, the user gets the error reply
+  (``utter_error`` in their language, from the domain), and the message is settled
+  as failed.
+* **Safe to cancel.** The inbox is always settled: cancelled before Rasa committed
+  the message, it stays pending and is processed again on the next start (or by
+  another server); cancelled after, it is settled ``cancelled`` and never processed
+  twice.
+
+A phone call runs :meth:`Turn.answer` once per utterance under the lock and streams
+the replies itself, cancelling its delivery when the caller speaks over it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, ClassVar, Protocol
 
 from runtime.coordination import Choices, ConversationLocks, Inbox
 from runtime.deliveries import DeliveryLog
+from runtime.errors import HablaError, classify
 from runtime.messages import BotReply, Button, Delivery, InboundMessage, mask_phone
-
-if TYPE_CHECKING:
-    from channels.base import OutputChannel
-    from nlu.engine import Engine
+from runtime.output import OutputChannel
+from runtime.retry import backoff_delay
+from runtime.text import strip_accents
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class VoiceIn:
+    """A voice note the user sent, as the Transcribe stage understood it."""
+
+    kind: str = "audio"
+    transcript: str = ""
+    language: str = ""
+    language_confidence: float = 0.0
+    confidence: float = 0.0
+    duration_s: float = 0.0
+    engine: str = ""
+    content_type: str = ""
+    bytes: int = 0
+    error: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """What is stored with the message (the operator API shows it)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for key in ("content_type", "bytes", "duration_s", "transcript", "language"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        if self.transcript or self.language:
+            out["language_confidence"] = round(self.language_confidence, 3)
+            out["confidence"] = round(self.confidence, 3)
+        if self.engine:
+            out["engine"] = self.engine
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class VoiceOut:
+    """The voice note made for this turn's replies."""
+
+    engine: str
+    voice: str
+
+
+@dataclass(frozen=True)
 class TurnContext:
+    """Everything a turn knows, typed. Stages return a copy with their part filled."""
+
     inbound: InboundMessage
     output: OutputChannel
-    replies: tuple[BotReply, ...] = ()
     language: str = ""
+    voice_in: VoiceIn | None = None
+    voice_out: VoiceOut | None = None
+    replies: tuple[BotReply, ...] = ()
     deliveries: tuple[Delivery, ...] = ()
-    notes: dict[str, object] = field(default_factory=dict)
+    failed: bool = False
+    """The turn could not be answered; ``replies`` is the error reply."""
 
 
 class Stage(Protocol):
     async def __call__(self, ctx: TurnContext) -> TurnContext: ...
 
 
-_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)]?\s*$")
+# ---------------------------------------------------------------- choices
+
+_NUMBER = re.compile(r"^\s*(?:n(?:o|º|°|umber|umero|úmero)\.?\s*)?(\d{1,2})\s*[.)]?\s*$", re.I)
+# spoken (transcribed) or written numbers of a choice, in the bot's common languages
+_WORDS = {
+    1: "one first uno una primero primera primer um uma primeiro un une premier premiere eins",
+    2: "two second dos segundo segunda dois duas deux deuxieme zwei zweite due",
+    3: "three third tres tercero tercera tercer tres terceiro terceira trois troisieme drei dritte",
+    4: "four fourth cuatro cuarto cuarta quatro quarto quarta quatre quatrieme vier vierte",
+    5: "five fifth cinco quinto quinta cinq cinquieme funf fuenf funfte",
+    6: "six sixth seis sexto sexta sechs sechste sei",
+    7: "seven seventh siete septimo septima sete setimo setima sept septieme sieben sette",
+    8: "eight eighth ocho octavo octava oito oitavo oitava huit huitieme acht otto",
+    9: "nine ninth nueve noveno novena nove nono nona neuf neuvieme neun",
+    10: "ten tenth diez decimo decima dez dix dixieme zehn dieci",
+}
+NUMBER_WORDS = {w: n for n, words in _WORDS.items() for w in words.split()}
+_FILLER = set(
+    "the el la o a le der die das il number numero option opcion opcao please por favor".split()
+)
+
+
+def choice_index(text: str) -> int | None:
+    """The 1-based choice a short reply names: "2", "2.", "two", "Dos.", "the second one"."""
+    m = _NUMBER.match(text)
+    if m:
+        return int(m.group(1))
+    words = re.findall(r"[a-z]+", strip_accents(text.casefold()))
+    if not words or len(words) > 4:
+        return None
+    numbers = [NUMBER_WORDS[w] for w in words if w in NUMBER_WORDS]
+    rest = [w for w in words if w not in NUMBER_WORDS and w not in _FILLER]
+    if rest or not numbers:
+        return None
+    # "the second one": the ordinal wins over the filler "one"
+    named = [n for n in numbers if n != 1] or numbers
+    return named[0] if len(set(named)) == 1 else None
 
 
 def match_choice(text: str, offered: Sequence[Button]) -> Button | None:
-    """The button a text reply means: its number ("2", "2.") or its title."""
+    """The button a text reply means: its number ("2", "two", "la segunda") or title."""
     if not offered or not text:
         return None
-    m = _NUMBER.match(text)
-    if m:
-        index = int(m.group(1)) - 1
-        return offered[index] if 0 <= index < len(offered) else None
-    wanted = text.strip().casefold()
-    return next((b for b in offered if b.title.strip().casefold() == wanted), None)
+    index = choice_index(text)
+    if index is not None:
+        return offered[index - 1] if 1 <= index <= len(offered) else None
+    wanted = strip_accents(text.strip().rstrip(".!").casefold())
+    return next((b for b in offered if strip_accents(b.title.strip().casefold()) == wanted), None)
 
 
 class ResolveChoice:
-    """On channels that show buttons as numbered text, map "2" back to a payload."""
+    """On channels that show buttons as numbered text, map "2" (typed or spoken, so it
+    runs after transcription) back to that button's payload."""
 
     def __init__(self, choices: Choices) -> None:
         self.choices = choices
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
         msg = ctx.inbound
-        if msg.button_payload or not msg.text or len(msg.text) > 40:
+        if msg.button_payload or not msg.text or len(msg.text) > 40 or msg.text.startswith("/"):
             return ctx
         button = match_choice(msg.text, await self.choices.recall(msg.conversation_id))
         if button is None:
             return ctx
         return replace(ctx, inbound=replace(msg, button_payload=button.payload))
+
+
+# ---------------------------------------------------------------- core stages
 
 
 class Acknowledge:
@@ -85,8 +189,14 @@ class Acknowledge:
         return ctx
 
 
+class Engine(Protocol):
+    async def handle(self, msg: InboundMessage) -> list[BotReply]: ...
+
+
 class Dialogue:
     """Rasa: NLU, dialogue policies, forms and custom actions."""
+
+    commits: ClassVar[bool] = True  # the message is in the conversation's state afterwards
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -106,6 +216,9 @@ class Deliver:
         await self.choices.remember(
             ctx.inbound.conversation_id, numbered[-1].buttons if numbered else ()
         )
+        return replace(ctx, deliveries=tuple(await self.send(ctx)))
+
+    async def send(self, ctx: TurnContext) -> list[Delivery]:
         deliveries = []
         for reply in ctx.replies:
             for delivery in await ctx.output.send(ctx.inbound, reply):
@@ -120,24 +233,175 @@ class Deliver:
                         delivery.error,
                     )
                 deliveries.append(delivery)
-        return replace(ctx, deliveries=tuple(deliveries))
+        return deliveries
+
+
+# ---------------------------------------------------------------- the turn
+
+ErrorReply = Callable[[TurnContext], Awaitable[tuple[BotReply, ...]]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    backoff_s: float = 0.5
+    max_delay_s: float = 5.0
+
+
+@dataclass
+class _Run:
+    committed: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+async def _no_error_reply(ctx: TurnContext) -> tuple[BotReply, ...]:
+    return ()
 
 
 class Turn:
-    def __init__(self, stages: Sequence[Stage], locks: ConversationLocks, inbox: Inbox) -> None:
-        self.stages, self.locks, self.inbox = list(stages), locks, inbox
+    def __init__(
+        self,
+        answer: Sequence[Stage],
+        deliver: Sequence[Stage],
+        locks: ConversationLocks,
+        inbox: Inbox,
+        *,
+        retry: RetryPolicy | None = None,
+        error_reply: ErrorReply = _no_error_reply,
+        sender: Deliver | None = None,
+    ) -> None:
+        self.answer_stages, self.deliver_stages = list(answer), list(deliver)
+        self.locks, self.inbox = locks, inbox
+        self.retry = retry or RetryPolicy()
+        self.error_reply = error_reply
+        self.sender = sender or next((s for s in deliver if isinstance(s, Deliver)), None)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return self.answer_stages + self.deliver_stages
 
     async def run(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
+        """The whole turn under the conversation's lock; the inbox is always settled."""
         ctx = TurnContext(inbound=msg, output=output)
-        status = "done"
+        state = _Run()
+        status: str | None = "failed"
+        try:
+            ctx = await self._with_lock(ctx, state)
+            status = "failed" if ctx.failed else "done"
+        except asyncio.CancelledError:
+            # before Rasa committed the message: leave it pending, it is processed again
+            status = "cancelled" if state.committed else None
+            raise
+        finally:
+            if status is not None:
+                await asyncio.shield(self.inbox.done(msg, status))
+        return ctx
+
+    async def _with_lock(self, ctx: TurnContext, state: _Run) -> TurnContext:
+        msg = ctx.inbound
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                async with self.locks.lock(msg.conversation_id):
+                    ctx = await self._stages(self.answer_stages, ctx, state)
+                    return await self._stages(self.deliver_stages, ctx, state)
+            except asyncio.CancelledError:
+                raise
+            except _StageFailed as e:
+                ctx = e.ctx
+                break
+            except Exception as e:  # the lock: not acquired in time, or its store is down
+                error = classify(e)
+                if not error.transient or attempt == self.retry.attempts:
+                    state.failures.append(str(error))
+                    logger.exception(
+                        "turn failed for %s on %s", mask_phone(msg.conversation_id), msg.channel
+                    )
+                    break
+                await self._backoff(attempt, error, msg)
+        return await self._fail(ctx)
+
+    async def answer(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
+        """Understand and answer one message under the conversation's lock, without
+        delivering (a phone call streams the replies itself). The inbox is not touched."""
+        ctx = TurnContext(inbound=msg, output=output)
         try:
             async with self.locks.lock(msg.conversation_id):
-                for stage in self.stages:
-                    ctx = await stage(ctx)
+                return await self._stages(self.answer_stages, ctx, _Run())
+        except _StageFailed as e:
+            ctx = e.ctx
+        except asyncio.CancelledError:
+            raise
         except Exception:
-            status = "failed"
-            logger.exception(
-                "turn failed for %s on %s", mask_phone(msg.conversation_id), msg.channel
-            )
-        await self.inbox.done(msg, status)
+            logger.exception("answer failed for %s", mask_phone(msg.conversation_id))
+        return replace(ctx, failed=True, replies=await self._error_replies(ctx))
+
+    async def _stages(self, stages: list[Stage], ctx: TurnContext, state: _Run) -> TurnContext:
+        for stage in stages:
+            ctx = await self._stage(stage, ctx, state)
         return ctx
+
+    async def _stage(self, stage: Stage, ctx: TurnContext, state: _Run) -> TurnContext:
+        for attempt in range(1, self.retry.attempts + 1):
+            if getattr(stage, "commits", False):
+                state.committed = True
+            try:
+                return await stage(ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                error = classify(e)
+                if not error.transient or attempt == self.retry.attempts:
+                    logger.error(
+                        "turn for %s: %s failed (%s)",
+                        mask_phone(ctx.inbound.conversation_id),
+                        type(stage).__name__,
+                        error,
+                        exc_info=not isinstance(e, HablaError),
+                    )
+                    raise _StageFailed(ctx) from e
+                await self._backoff(attempt, error, ctx.inbound, type(stage).__name__)
+        raise AssertionError("unreachable")
+
+    async def _backoff(
+        self, attempt: int, error: HablaError, msg: InboundMessage, where: str = "lock"
+    ) -> None:
+        r = self.retry
+        delay = backoff_delay(attempt, r.backoff_s, r.max_delay_s, error.retry_after)
+        logger.warning(
+            "turn for %s: %s failed (%s); attempt %d of %d in %.1f s",
+            mask_phone(msg.conversation_id),
+            where,
+            error,
+            attempt + 1,
+            r.attempts,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    async def _error_replies(self, ctx: TurnContext) -> tuple[BotReply, ...]:
+        try:
+            return await self.error_reply(ctx)
+        except Exception:
+            logger.exception("the error reply could not be made")
+            return ()
+
+    async def _fail(self, ctx: TurnContext) -> TurnContext:
+        """The user hears that the turn failed (never silence)."""
+        replies = await self._error_replies(ctx)
+        ctx = replace(ctx, failed=True, replies=replies)
+        if replies and self.sender is not None:
+            try:
+                ctx = replace(ctx, deliveries=tuple(await self.sender.send(ctx)))
+            except Exception:
+                logger.exception(
+                    "the error reply to %s was not sent", mask_phone(ctx.inbound.conversation_id)
+                )
+        return ctx
+
+
+class _StageFailed(Exception):
+    """A stage failed for good; carries the context as it was before that stage."""
+
+    def __init__(self, ctx: TurnContext) -> None:
+        super().__init__("stage failed")
+        self.ctx = ctx

@@ -22,10 +22,10 @@ import rasa.core.agent  # noqa: F401  (installs uvloop's event-loop policy on im
 from aiohttp.test_utils import TestClient, TestServer
 from twilio.request_validator import RequestValidator
 
+from habla.server import RUNTIME, Runtime, create_app
 from nlu.actions import InProcessActionEndpoint
 from nlu.engine import RasaEngine
 from nlu.training import ensure_model
-from runtime.app import RUNTIME, Runtime, create_app
 from runtime.settings import load_settings
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.twilio_api import FakeTwilioAPI

@@ -4,9 +4,10 @@ with a certificate made for this run)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import shutil
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -16,10 +17,12 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
-from commerce.crm.base import CRM, Contact, Deal
+from commerce.crm.base import CRM, Contact, Deal, field_map
 from commerce.crm.hubspot import HubSpotCRM
 from commerce.crm.salesforce import SalesforceCRM
+from runtime.providers import CRMS
 from runtime.retry import PermanentError, TransientError
+from runtime.settings import Settings, SettingsError, load_settings
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.salesforce_api import FakeSalesforceAPI, self_signed_cert
 
@@ -32,7 +35,6 @@ ANA = Contact(
     last_name="García",
     language="es",
 )
-FAST = 2.0  # seconds: a refused connection or a 0.3 s timeout must fail well within this
 
 
 @pytest.fixture(scope="session")
@@ -164,11 +166,31 @@ async def provider(
         yield p
 
 
-@contextlib.contextmanager
-def quickly(limit: float = FAST) -> Iterator[None]:
-    start = time.monotonic()
-    yield
-    assert time.monotonic() - start < limit
+@contextlib.asynccontextmanager
+async def answer_held(fake: Any) -> AsyncIterator[asyncio.Event]:
+    """The fake records its next request at once but answers it only when the yielded
+    event is set (at the latest on leaving the block)."""
+    release = asyncio.Event()
+    begin = fake._begin
+
+    async def held(request: Any) -> Any:
+        fake._begin = begin  # the next request only
+        body = await begin(request)
+        await release.wait()
+        return body
+
+    fake._begin = held
+    try:
+        yield release
+    finally:
+        release.set()
+        fake._begin = begin
+
+
+def settings_for(bot_dir: Path, **env: str) -> Settings:
+    """Settings from the environment only (no habla.yml), for a bot folder of its own."""
+    (bot_dir / "domain.yml").write_text("version: '3.1'\n")
+    return load_settings(env={"HABLA_BOT_DIR": str(bot_dir), "HABLA_SETTINGS": "", **env})
 
 
 # ---------------------------------------------------------------- both providers
@@ -296,21 +318,70 @@ async def test_503_is_transient_and_the_next_call_succeeds(provider: Provider) -
     assert len(provider.records("contact")) == 1
 
 
-async def test_service_down_is_transient_quickly(provider: Provider) -> None:
+async def test_408_is_transient_and_the_next_call_succeeds(provider: Provider) -> None:
+    if provider.name == "salesforce":  # a code that is not transient by itself
+        provider.fake.fail_next(1, status=408, code="REQUEST_TIMEOUT", message="Timed out")
+    else:
+        provider.fake.fail_next(1, status=408)
+    with pytest.raises(TransientError, match="408") as raised:
+        await provider.crm.upsert_contact(ANA)
+    assert raised.value.transient
+
+    await provider.crm.upsert_contact(ANA)
+    assert len(provider.records("contact")) == 1
+
+
+async def test_service_down_is_transient(provider: Provider) -> None:
     contact_id = await provider.crm.upsert_contact(ANA)
     await provider.fake.go_down()
-    with quickly(), pytest.raises(TransientError):
+    sent = len(provider.fake.requests)
+    with pytest.raises(TransientError) as raised:
         await provider.crm.upsert_contact(ANA)
+    assert raised.value.transient
+    assert str(raised.value).startswith(provider.name)
+    assert len(provider.fake.requests) == sent  # refused: nothing reached the fake
 
     await provider.fake.come_up()
     assert await provider.crm.upsert_contact(ANA) == contact_id
+    assert len(provider.records("contact")) == 1
 
 
 async def test_slow_answer_times_out_as_transient(provider: Provider) -> None:
-    crm = provider.new(timeout_s=0.3)
-    provider.fake.delay_next(1.0)
-    with quickly(0.9), pytest.raises(TransientError, match="(?i)timed? ?out"):
-        await crm.upsert_contact(ANA)
+    crm = provider.new(timeout_s=0.2)
+    async with answer_held(provider.fake) as release:
+        with pytest.raises(TransientError, match=f"^{provider.name}: no answer in 0.2 s$") as e:
+            await crm.upsert_contact(ANA)
+        assert e.value.transient
+        lookup = provider.fake.requests[-1]  # the fake got the lookup and holds its answer
+        assert ("/contacts/search" if provider.name == "hubspot" else "/query") in lookup.path
+        release.set()
+
+    await crm.upsert_contact(ANA)  # the same adapter works on
+    assert len(provider.records("contact")) == 1  # the timed-out call created nothing
+
+
+async def test_other_errors_fall_back_to_the_generic_mapping(provider: Provider) -> None:
+    def refused() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    def bug() -> None:
+        raise KeyError("oops")
+
+    assert provider.crm.map_error(ConnectionRefusedError()) is None
+    with pytest.raises(TransientError, match=provider.name):
+        await provider.crm.call(refused)
+    with pytest.raises(PermanentError, match="KeyError"):
+        await provider.crm.call(bug)
+
+
+def test_field_map_parses_overrides_and_names_a_bad_entry() -> None:
+    assert field_map(" contact.language=preferred_language, stage.won=Won,ref=my_ref ") == {
+        "contact": {"language": "preferred_language"},
+        "stage": {"won": "Won"},
+        "ref": {"": "my_ref"},
+    }
+    with pytest.raises(SettingsError, match="HABLA_CRM_FIELD_MAP.*'deal=x'"):
+        field_map("stage.won=Won,deal=x")
 
 
 # ---------------------------------------------------------------- HubSpot
@@ -376,6 +447,38 @@ async def test_hubspot_deal_update_links_a_new_contact() -> None:
 
         assert p.fake.linked("deals", deal_id, "contacts") == {contact_id}
         assert p.one("deal")["dealstage"] == "closedwon"
+
+
+async def test_hubspot_from_settings(tmp_path: Path) -> None:
+    custom = {"contacts": ["preferred_language"], "deals": ["order_ref"]}
+    async with hubspot(custom_properties=custom) as p:
+        settings = settings_for(
+            tmp_path,
+            HABLA_CRM="hubspot",
+            HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN,
+            HABLA_HUBSPOT_HOST=p.fake.url,
+            HABLA_SEND_TIMEOUT_S="3.5",
+            HABLA_CRM_FIELD_MAP=(
+                "contact.language=preferred_language,stage.open=qualifiedtobuy,ref=order_ref"
+            ),
+        )
+        crm = CRMS.load(settings.commerce.crm, CRM).from_settings(settings)
+        try:
+            assert isinstance(crm, HubSpotCRM)
+            assert crm.timeout_s == 3.5  # send.timeout_s
+            contact_id = await crm.upsert_contact(ANA)
+            await crm.upsert_deal(Deal("o-1", "Order", 1.0, "EUR", "open", contact_id))
+        finally:
+            await crm.close()
+
+        assert p.one("contact")["preferred_language"] == "es"
+        deal = p.one("deal")
+        assert (deal["order_ref"], deal["dealstage"], deal["pipeline"]) == (
+            "o-1",
+            "qualifiedtobuy",
+            "default",
+        )
+        assert {r.authorization for r in p.fake.requests} == {f"Bearer {HUBSPOT_TOKEN}"}
 
 
 def test_hubspot_names_every_config_problem() -> None:
@@ -460,8 +563,39 @@ async def test_salesforce_rejected_record_is_permanent(sf_cert: tuple[Path, Path
 async def test_salesforce_untrusted_certificate_is_permanent(sf_cert: tuple[Path, Path]) -> None:
     async with salesforce(sf_cert) as p:
         crm = p.new(session=sf_session(None))  # the system's CAs do not know the fake
-        with quickly(), pytest.raises(PermanentError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(PermanentError, match="CERTIFICATE_VERIFY_FAILED") as raised:
             await crm.upsert_contact(ANA)
+        assert not raised.value.transient
+        assert p.fake.requests == []  # refused at the handshake: no request was made
+
+
+async def test_salesforce_from_settings(sf_cert: tuple[Path, Path], tmp_path: Path) -> None:
+    shutil.copy(sf_cert[0], tmp_path / "salesforce-ca.pem")
+    external = {"Lead": ["Order_Ref__c"], "Opportunity": ["Order_Ref__c"], "Task": []}
+    async with salesforce(sf_cert, external_ids=external) as p:
+        settings = settings_for(
+            tmp_path,
+            HABLA_CRM="salesforce",
+            HABLA_SALESFORCE_INSTANCE_URL=p.fake.url,
+            SALESFORCE_ACCESS_TOKEN=SF_SESSION,
+            HABLA_SALESFORCE_CA_BUNDLE="salesforce-ca.pem",  # relative to the bot folder
+            HABLA_SEND_TIMEOUT_S="4.5",
+            HABLA_CRM_FIELD_MAP="stage.open=Qualification,ref=Order_Ref__c",
+        )
+        crm = CRMS.load(settings.commerce.crm, CRM).from_settings(settings)
+        try:
+            assert isinstance(crm, SalesforceCRM)
+            assert crm.timeout_s == 4.5  # send.timeout_s
+            assert crm.session.trust_env is False
+            assert crm.session.verify == str(tmp_path / "salesforce-ca.pem")
+            contact_id = await crm.upsert_contact(ANA)
+            await crm.upsert_deal(Deal("o-1", "Order", 1.0, "EUR", "open", contact_id))
+        finally:
+            await crm.close()
+
+        deal = p.one("deal")
+        assert (deal["Order_Ref__c"], deal["StageName"]) == ("o-1", "Qualification")
+        assert deal["ContactId"] == contact_id
 
 
 def test_salesforce_names_every_config_problem() -> None:

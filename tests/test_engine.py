@@ -11,6 +11,7 @@ from rasa.core.actions.action import RemoteAction
 
 from nlu.engine import RasaEngine
 from nlu.parse_cache import install_parse_cache
+from habla.wiring import worker_engine
 from nlu.pool import WorkerPoolEngine
 from runtime.messages import InboundMessage
 from runtime.settings import load_settings
@@ -57,7 +58,7 @@ async def test_worker_processes_run_turns_and_keep_each_conversation_on_one(
 ) -> None:
     env = base_env(tmp_path / "data") | {"HABLA_MODEL": str(model_path)}
     settings = load_settings(env=env)
-    pool = WorkerPoolEngine(model_path, settings, workers=2)
+    pool = WorkerPoolEngine(model_path, settings, 2, worker_engine)
     await pool.load()
     try:
         pids = {w.process.pid for w in pool.workers}

@@ -6,21 +6,22 @@ from typing import Any
 
 import pytest
 
-from i18n.detect import DETECTORS, Detection, Detector
+from i18n.detect import Detection, Detector
 from i18n.language import LanguagePolicy
 from i18n.stages import AuthoredResponses
+from runtime.providers import LANGUAGE_DETECTORS
 
 LANGS = ["en", "es", "pt"]
 
 
 @pytest.fixture(scope="module")
 def lingua() -> Detector:
-    return DETECTORS["lingua"](LANGS)
+    return LANGUAGE_DETECTORS.load("lingua", Detector)(LANGS)
 
 
-@pytest.mark.parametrize("name", sorted(DETECTORS))
+@pytest.mark.parametrize("name", sorted(LANGUAGE_DETECTORS.names))
 def test_detectors_pick_among_the_bots_languages(name: str) -> None:
-    detector = DETECTORS[name](LANGS)
+    detector = LANGUAGE_DETECTORS.load(name, Detector)(LANGS)
     for text, code in [
         ("where is my order, I ordered it last week", "en"),
         ("¿dónde está mi pedido? lo compré la semana pasada", "es"),
@@ -32,7 +33,10 @@ def test_detectors_pick_among_the_bots_languages(name: str) -> None:
 
 
 def test_langdetect_is_deterministic() -> None:
-    a, b = DETECTORS["langdetect"](LANGS), DETECTORS["langdetect"](LANGS)
+    a, b = (
+        LANGUAGE_DETECTORS.load("langdetect", Detector)(LANGS),
+        LANGUAGE_DETECTORS.load("langdetect", Detector)(LANGS),
+    )
     texts = ["ok", "gracias", "obrigado", "si", "no", "hola amigo"]
     assert [a.detect(t) for t in texts] == [b.detect(t) for t in texts]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runtime.app import Runtime
+from habla.server import Runtime
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_env, whatsapp_form
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.translation import FakeLibreTranslate

@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from commerce.mongo import MongoOrderStore
-from commerce.orders import Order, OrderStore, TransitionRefused, make_order_store, total_minor
+from commerce.orders import Order, OrderStore, SQLiteOrderStore, TransitionRefused, total_minor
+from commerce.payments.base import PaymentEvent
+from commerce.service import Commerce
 from runtime.retry import TransientError
+from runtime.settings import SettingsError, load_settings
 from runtime.sqlite import SQLite
+from tests.conftest import base_env
 from tests.fakes.mongo import SecantusServer, secantusd_binary, secantusd_path
 
 OpenStore = Callable[[], Awaitable[OrderStore]]
@@ -49,11 +55,11 @@ async def open_store(backend: str) -> AsyncIterator[OpenStore]:
 
     async def open_() -> OrderStore:
         if backend.startswith("mongodb://"):
-            store = await make_order_store("mongo", mongo_url=backend, database=database)
+            store = await _store("mongo", mongo_url=backend, database=database)
             opened.append((store, None))
         else:
             db = SQLite(backend)
-            store = await make_order_store("sqlite", sqlite=db)
+            store = await _store("sqlite", sqlite=db)
             opened.append((store, db))
         return store
 
@@ -173,13 +179,45 @@ async def test_transitions_the_table_forbids_are_refused(store: OrderStore) -> N
         await store.update_status("HB-0002", "paid")
 
 
-async def test_webhook_events_are_processed_once(store: OrderStore, open_store: OpenStore) -> None:
-    assert await store.record_event("evt_1") is True
-    assert await store.record_event("evt_1") is False
-    assert await (await open_store()).record_event("evt_1") is False
-    assert await store.record_event("evt_2") is True
-    results = await asyncio.gather(*(store.record_event("evt_3") for _ in range(6)))
-    assert sorted(results) == [False] * 5 + [True]
+async def test_a_payment_event_is_applied_once(store: OrderStore, open_store: OpenStore) -> None:
+    other = await open_store()  # a second worker
+    await store.create(order())
+    await store.update_status("HB-0001", "link_sent")
+    paid = await store.update_status("HB-0001", "paid", "completed", "pi_1", event_id="evt_1")
+    assert paid is not None and paid.status == "paid" and paid.payment_ref == "pi_1"
+    assert await other.update_status("HB-0001", "paid", "redelivered", event_id="evt_1") is None
+    assert await store.update_status("HB-0001", "refunded", event_id="evt_1") is None
+    final = await other.get("HB-0001")
+    assert final is not None and final.status == "paid"
+    assert [h["status"] for h in final.history] == ["created", "link_sent", "paid"]
+
+    # a refused change, or no such order, records nothing: the event still applies later
+    await store.create(order("HB-0002"))
+    with pytest.raises(TransitionRefused):
+        await store.update_status("HB-0002", "refunded", event_id="evt_2")
+    assert await store.update_status("HB-0003", "paid", event_id="evt_3") is None
+    await store.create(order("HB-0003"))
+    for order_id, event_id in [("HB-0002", "evt_2"), ("HB-0003", "evt_3")]:
+        applied = await other.update_status(order_id, "paid", event_id=event_id)
+        assert applied is not None and applied.status == "paid"
+
+    # another event bringing the current status: applied (nothing appended), then spent
+    repeat = await store.update_status("HB-0002", "paid", "again", "pi_2", event_id="evt_4")
+    assert repeat is not None and repeat.payment_ref == "pi_2"
+    assert [h["status"] for h in repeat.history] == ["created", "paid"]
+    assert await other.update_status("HB-0002", "paid", event_id="evt_4") is None
+
+    # one event delivered six times at once, to two workers: applied by exactly one
+    await store.create(order("HB-0005"))
+    results = await asyncio.gather(
+        *(
+            [store, other][i % 2].update_status("HB-0005", "paid", "completed", event_id="evt_5")
+            for i in range(6)
+        )
+    )
+    assert sum(r is not None for r in results) == 1
+    raced = await store.get("HB-0005")
+    assert raced is not None and [h["status"] for h in raced.history] == ["created", "paid"]
 
 
 async def test_find_by_payment_ref(store: OrderStore) -> None:
@@ -234,6 +272,81 @@ async def test_racing_webhooks_cannot_both_win(store: OrderStore, open_store: Op
     assert [h["status"] for h in final.history] == ["created", "link_sent", winners[0].status]
 
 
+def paid_event(event_id: str = "evt_paid_1", order_id: str = "HB-0001") -> PaymentEvent:
+    return PaymentEvent(
+        event_id=event_id,
+        type="paid",
+        order_id=order_id,
+        conversation_id="whatsapp:+34600111222",
+        amount_minor=5230,
+        currency="EUR",
+        provider_ref="pi_1",
+        reason="",
+        raw_type="checkout.session.completed",
+    )
+
+
+@pytest.fixture
+async def service(store: OrderStore, tmp_path: Path) -> AsyncIterator[Commerce]:
+    """Commerce over the store under test (its outbox in a SQLite file of its own)."""
+    db = SQLite(tmp_path / "outbox.sqlite3")
+    yield Commerce(load_settings(env=base_env(tmp_path / "data")), db, orders=store)
+    await db.close()
+
+
+async def test_a_delivery_that_failed_is_applied_when_it_is_retried(
+    store: OrderStore, service: Commerce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.create(order())
+    await store.update_status("HB-0001", "link_sent", payment_ref="cs_1")
+    real_update = store.update_status
+    failures = [TransientError("the order store timed out")]
+
+    async def update_once_failing(*args: Any, **kwargs: Any) -> Order | None:
+        if failures:
+            raise failures.pop()
+        return await real_update(*args, **kwargs)
+
+    monkeypatch.setattr(store, "update_status", update_once_failing)
+
+    with pytest.raises(TransientError):  # the webhook answers 500 and Stripe retries
+        await service.handle_payment_event(paid_event())
+    unchanged = await store.get("HB-0001")
+    assert unchanged is not None and unchanged.status == "link_sent"
+
+    retried = await service.handle_payment_event(paid_event())
+    assert retried is not None
+    paid, intent = retried
+    assert (paid.status, intent) == ("paid", "payment_succeeded")
+    assert await service.handle_payment_event(paid_event()) is None  # a true duplicate
+    final = await store.get("HB-0001")
+    assert final is not None
+    assert [h["status"] for h in final.history] == ["created", "link_sent", "paid"]
+
+
+async def test_a_write_that_fails_part_way_leaves_the_event_unprocessed(tmp_path: Path) -> None:
+    db = SQLite(tmp_path / "habla.sqlite3")
+    store = await _store("sqlite", sqlite=db)
+    service = Commerce(load_settings(env=base_env(tmp_path / "data")), db, orders=store)
+    await store.create(order())
+    await store.update_status("HB-0001", "link_sent", payment_ref="cs_1")
+    # the database refuses the order's change once, inside the store's own transaction
+    await db.script(
+        "CREATE TEMP TRIGGER refuse_paid BEFORE UPDATE OF status ON orders "
+        "WHEN NEW.status = 'paid' BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END;"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="disk I/O error"):
+        await service.handle_payment_event(paid_event())
+    await db.script("DROP TRIGGER refuse_paid")
+    unchanged = await store.get("HB-0001")
+    assert unchanged is not None and unchanged.status == "link_sent"
+
+    retried = await service.handle_payment_event(paid_event())
+    assert retried is not None and retried[0].status == "paid"
+    assert await service.handle_payment_event(paid_event()) is None
+    await db.close()
+
+
 async def test_unreachable_mongo_is_a_transient_error() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -244,10 +357,28 @@ async def test_unreachable_mongo_is_a_transient_error() -> None:
     await store.close()
 
 
-async def test_factory_names_what_is_missing() -> None:
-    with pytest.raises(ValueError, match="HABLA_MONGO_URL"):
-        await make_order_store("mongo")
-    with pytest.raises(ValueError, match="shared SQLite"):
-        await make_order_store("sqlite")
-    with pytest.raises(ValueError, match="one of sqlite, mongo"):
-        await make_order_store("redis")
+async def test_the_wiring_builds_the_configured_store(tmp_path: Path) -> None:
+    from habla.wiring import build_order_store
+
+    env = base_env(tmp_path / "data") | {"HABLA_ORDER_STORE": "mongo"}
+    with pytest.raises(SettingsError, match="HABLA_MONGO_URL"):
+        load_settings(env=env)
+    with pytest.raises(SettingsError, match="order_store"):
+        load_settings(env=base_env(tmp_path / "data") | {"HABLA_ORDER_STORE": "redis"})
+    db = SQLite(tmp_path / "habla.sqlite3")
+    store = await build_order_store(load_settings(env=base_env(tmp_path / "data")), db)
+    assert isinstance(store, SQLiteOrderStore)
+    await db.close()
+
+
+async def _store(
+    kind: str, sqlite: SQLite | None = None, mongo_url: str = "", database: str = "habla"
+) -> OrderStore:
+    """A store of ``kind``, set up (as habla/wiring.py builds it)."""
+    store: OrderStore = (
+        MongoOrderStore(mongo_url, database) if kind == "mongo" else SQLiteOrderStore(sqlite)  # type: ignore[arg-type]
+    )
+    await store.setup()
+    return store
+
+

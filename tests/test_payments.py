@@ -17,13 +17,13 @@ import stripe
 import yaml
 
 from commerce.payments import (
-    PAYMENTS,
     LineItem,
     Payments,
-    StripePayments,
     WebhookSignatureError,
-    payments_class,
 )
+from commerce.payments.stripe import StripePayments
+from runtime.providers import PAYMENTS
+from runtime.registry import UnknownProvider
 from runtime.retry import PermanentError, TransientError
 from tests.fakes.stripe_api import FakeStripeAPI, signature_header
 
@@ -434,11 +434,10 @@ async def test_stripe_python_signature_vector() -> None:
 
 
 def test_providers_are_registered_by_name() -> None:
-    assert PAYMENTS == {"stripe": StripePayments}
-    assert payments_class("stripe") is StripePayments
-    assert payments_class("commerce.payments.stripe.StripePayments") is StripePayments
-    assert issubclass(payments_class("stripe"), Payments)
-    with pytest.raises(KeyError, match="built-in: stripe"):
-        payments_class("paypal")
-    with pytest.raises(TypeError):
-        payments_class("commerce.payments.base.LineItem")
+    assert PAYMENTS.names == ("stripe",)
+    assert PAYMENTS.load("stripe", Payments) is StripePayments
+    assert PAYMENTS.load("commerce.payments.stripe.StripePayments", Payments) is StripePayments
+    with pytest.raises(UnknownProvider, match="built-in: stripe"):
+        PAYMENTS.load("paypal", Payments)
+    with pytest.raises(UnknownProvider, match="is not a Payments"):
+        PAYMENTS.load("commerce.payments.base.LineItem", Payments)

@@ -32,7 +32,7 @@ async def _start_server(env: dict[str, str], port: int) -> asyncio.subprocess.Pr
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "runtime.cli",
+        "habla.cli",
         "run",
         "--port",
         str(port),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runtime.app import Runtime
+from habla.server import Runtime
 from tests.conftest import ServerFactory, whatsapp_env
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI

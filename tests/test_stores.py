@@ -16,11 +16,11 @@ from rasa.shared.core.events import (
     UserUttered,
 )
 
+from nlu.tracker_store import SQLiteTrackerStore
 from runtime.coordination import InProcessLocks, RedisInbox, RedisLocks, SQLiteInbox
 from runtime.dispatch import Dispatcher
 from runtime.messages import InboundMessage, Location, MediaRef
 from runtime.sqlite import SQLite
-from runtime.tracker_store import SQLiteTrackerStore
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
 from tests.fakes.twilio_api import FakeTwilioAPI
 

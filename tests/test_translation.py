@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from habla.wiring import build_translator
 from i18n.providers import (
     AzureTranslator,
     DeepLTranslator,
@@ -24,20 +25,18 @@ from i18n.providers import (
     LibreTranslateTranslator,
 )
 from i18n.translation import (
-    TRANSLATORS,
     CachingTranslator,
-    RedisTranslationCache,
-    SQLiteTranslationCache,
     Translator,
-    make_translator,
     protect,
     protected_spans,
     restore,
     translatable,
 )
+from runtime.providers import TRANSLATORS
 from runtime.retry import PermanentError, TransientError
 from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
+from runtime.translation_cache import RedisTranslationCache, SQLiteTranslationCache
 from tests.conftest import free_port
 from tests.fakes.translation import (
     FakeAzureTranslator,
@@ -189,7 +188,7 @@ async def start_harness(name: str, session: aiohttp.ClientSession, key: str = KE
     else:
         fake = FakeDeepL(KEY) if name == "deepl" else FakeLibreTranslate(KEY)
         settings = settings_for(name, await fake.start(), key)
-    translator = make_translator(settings, session)
+    translator = build_translator(settings, session)
     assert translator is not None
     await translator.start()
     return Harness(name, fake, translator)
@@ -479,15 +478,16 @@ async def test_batches_follow_the_provider_limit(session: aiohttp.ClientSession)
 
 
 def test_registry_and_factory() -> None:
-    assert make_translator(Settings()) is None
-    assert TRANSLATORS == {
+    assert build_translator(Settings()) is None
+    assert {name: TRANSLATORS.load(name) for name in TRANSLATORS} == {
         "google": GoogleTranslator,
         "azure": AzureTranslator,
         "deepl": DeepLTranslator,
         "libretranslate": LibreTranslateTranslator,
     }
-    for name, cls in TRANSLATORS.items():
-        translator = make_translator(
+    for name in TRANSLATORS:
+        cls = TRANSLATORS.load(name)
+        translator = build_translator(
             settings_for(
                 name, "127.0.0.1:1" if name == "google" else "http://x", google_project="p"
             )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runtime.app import Runtime
+from habla.server import Runtime
 from runtime.messages import BotReply, InboundMessage
 from tests.conftest import (
     ACCOUNT_SID,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from runtime.app import Runtime
+from habla.server import Runtime
 from tests.conftest import (
     PUBLIC_URL,
     SHARED_DATA,

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from channels.graph import render
 from channels.whatsapp import parse_updates, valid_signature
-from runtime.app import Runtime
+from habla.server import Runtime
 from runtime.messages import BotReply, Button, InboundMessage
 from tests.conftest import (
     SHARED_DATA,

@@ -19,15 +19,16 @@ import json
 import logging
 import re
 from dataclasses import replace
+from typing import Any
 
-from channels.base import MediaError
-from i18n.language import _strip_accents
-from i18n.store import LanguageStore
+from runtime.errors import MediaError, SpeechError
 from runtime.media import MediaHost
 from runtime.messages import BotReply, MediaRef, mask_phone
+from runtime.preferences import LanguageStore
 from runtime.settings import VoiceSettings
-from runtime.turn import TurnContext
-from voice.stt.base import SpeechError, SpeechToText, Transcript
+from runtime.text import strip_accents
+from runtime.turn import TurnContext, VoiceIn, VoiceOut
+from voice.stt.base import SpeechToText, Transcript
 from voice.tts.base import TextToSpeech
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,11 @@ class Transcribe:
         note = voice_note(msg.media)
         if note is None or msg.text.strip():
             return ctx
-        record: dict[str, object] = {"kind": note.kind or "audio"}
+        heard = _Heard(VoiceIn(kind=note.kind or "audio"))
         try:
-            transcript = await self._transcribe(ctx, note, record)
+            transcript = await self._transcribe(ctx, note, heard)
         except _Unusable as e:
-            record["error"] = e.reason
+            voice = replace(heard.voice, error=e.reason)
             intent = "voice_unclear" if e.retry else "voice_rejected"
             logger.info(
                 "voice note from %s not used (%s): %s",
@@ -75,22 +76,22 @@ class Transcribe:
                 intent,
                 e.reason,
             )
-            new = replace(msg, text=trigger(intent), metadata={**msg.metadata, "voice": record})
-            return replace(ctx, inbound=new, notes={**ctx.notes, "voice_in": True})
-        record.update(
-            transcript=transcript.text,
-            language=transcript.language,
-            language_confidence=round(transcript.language_confidence or transcript.confidence, 3),
-            confidence=round(transcript.confidence, 3),
-            duration_s=round(transcript.duration_s, 2),
-            engine=transcript.engine,
-        )
-        new = replace(msg, text=transcript.text, metadata={**msg.metadata, "voice": record})
-        return replace(ctx, inbound=new, notes={**ctx.notes, "voice_in": True})
+            text = trigger(intent)
+        else:
+            voice = replace(
+                heard.voice,
+                transcript=transcript.text,
+                language=transcript.language or "",
+                language_confidence=transcript.language_confidence or transcript.confidence,
+                confidence=transcript.confidence,
+                duration_s=round(transcript.duration_s, 2),
+                engine=transcript.engine,
+            )
+            text = transcript.text
+        new = replace(msg, text=text, metadata={**msg.metadata, "voice": voice.record()})
+        return replace(ctx, inbound=new, voice_in=voice)
 
-    async def _transcribe(
-        self, ctx: TurnContext, note: MediaRef, record: dict[str, object]
-    ) -> Transcript:
+    async def _transcribe(self, ctx: TurnContext, note: MediaRef, heard: _Heard) -> Transcript:
         s = self.settings
         if self.stt is None:
             raise _Unusable("speech-to-text is off", retry=False)
@@ -99,7 +100,7 @@ class Transcribe:
         except MediaError as e:
             raise _Unusable(str(e), retry=e.transient) from e
         content_type = content_type.split(";")[0].strip().lower()
-        record.update(content_type=content_type, bytes=len(data))
+        heard.update(content_type=content_type, bytes=len(data))
         if not data:
             raise _Unusable("empty media", retry=True)
         if not content_type.startswith("audio/") and content_type != "application/ogg":
@@ -110,7 +111,7 @@ class Transcribe:
             duration = await asyncio.to_thread(duration_of, data, content_type)
         except AudioError as e:
             raise _Unusable(f"unreadable audio: {e}", retry=False) from e
-        record["duration_s"] = round(duration, 2)
+        heard.update(duration_s=round(duration, 2))
         if duration > s.max_seconds:
             raise _Unusable(f"{duration:.0f} s long (limit {s.max_seconds:.0f} s)", retry=False)
         current, _ = await self.store.get(ctx.inbound.conversation_id)
@@ -125,14 +126,24 @@ class Transcribe:
             raise _Unusable("no speech heard", retry=True)
         if transcript.confidence < s.min_confidence:
             # the words are doubtful, the language usually is not: answer in it
-            record.update(
+            heard.update(
                 transcript=transcript.text,
-                confidence=round(transcript.confidence, 3),
-                language=transcript.language,
-                language_confidence=round(transcript.language_confidence, 3),
+                confidence=transcript.confidence,
+                language=transcript.language or "",
+                language_confidence=transcript.language_confidence,
             )
             raise _Unusable(f"low confidence {transcript.confidence:.2f}", retry=True)
         return transcript
+
+
+class _Heard:
+    """What is known of a voice note so far (kept when it turns out unusable)."""
+
+    def __init__(self, voice: VoiceIn) -> None:
+        self.voice = voice
+
+    def update(self, **values: Any) -> None:
+        self.voice = replace(self.voice, **values)
 
 
 class _Unusable(Exception):
@@ -165,7 +176,7 @@ _VOICE = re.compile(
 
 def requested_mode(text: str) -> str | None:
     """ "text" or "voice" when the message asks for that kind of reply."""
-    cleaned = _strip_accents(" ".join(text.strip().lower().split()))
+    cleaned = strip_accents(" ".join(text.strip().lower().split()))
     if len(cleaned) > 60:
         return None
     if _TEXT_ONLY.match(cleaned):
@@ -205,7 +216,7 @@ class Speak:
         self.voices = voices
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
-        if not ctx.notes.get("voice_in") or self.tts is None or self.settings.reply_mode == "text":
+        if ctx.voice_in is None or self.tts is None or self.settings.reply_mode == "text":
             return ctx
         if await self.store.preference(ctx.inbound.conversation_id, REPLY_MODE) == "text":
             return ctx
@@ -225,8 +236,8 @@ class Speak:
         replies = list(ctx.replies)
         if self.settings.reply_mode == "voice":
             replies = [r for r in replies if r.buttons or r.image or r.attachment or r.custom]
-        notes = {**ctx.notes, "voice_out": {"engine": speech.engine, "voice": speech.voice}}
-        return replace(ctx, replies=(voice, *replies), notes=notes)
+        spoken = VoiceOut(engine=speech.engine, voice=speech.voice)
+        return replace(ctx, replies=(voice, *replies), voice_out=spoken)
 
     async def _host(self, ctx: TurnContext, data: bytes, content_type: str) -> str:
         """A URL the provider can fetch, or an uploaded media id (``media:<id>``)."""

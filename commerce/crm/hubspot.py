@@ -2,9 +2,11 @@
 
 Every record goes through the generic objects API (``/crm/v3/objects/{type}``) for
 contacts, leads, deals and notes alike: find by one property with the search API,
-then update the record found or create it. The SDK is synchronous (urllib3), so each
-call runs on a small thread pool of this adapter's own, bounded by ``timeout_s``; the
-SDK's own urllib3 retries are off because the outbox owns retries.
+then update the record found or create it (contacts: :meth:`CRM.upsert_contact`, one
+search by phone or e-mail). The SDK is synchronous (urllib3): each call runs through
+:meth:`CRM.call`, on the base's thread pool, bounded by ``timeout_s``
+(``send.timeout_s``); the SDK's own urllib3 retries are off because the outbox owns
+retries. This module builds the requests and reads the answers and HubSpot's errors.
 
 What the portal needs:
 
@@ -25,13 +27,10 @@ raises :class:`TransientError`, so the outbox tries again later.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import html
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, TypeVar
 
@@ -42,7 +41,8 @@ from hubspot.crm.objects import SearchApi
 from hubspot.crm.objects.exceptions import ApiException
 
 from commerce.crm.base import CRM, Contact, Deal
-from runtime.retry import PermanentError, TransientError
+from runtime.errors import HablaError, PermanentError, TransientError, error_for_status
+from runtime.settings import Settings
 
 T = TypeVar("T")
 
@@ -60,6 +60,7 @@ STAGES: Mapping[str, str] = {
     "won": "closedwon",
     "lost": "closedlost",
 }
+REF_PROPERTY = "habla_ref"
 # HubSpot-defined association type ids
 DEAL_TO_CONTACT = 3
 NOTE_TO_CONTACT = 202
@@ -81,6 +82,21 @@ class ExistingRecord(PermanentError):
 
 class HubSpotCRM(CRM):
     name: ClassVar[str] = "hubspot"
+    CONTACT_FIELDS: ClassVar[Mapping[str, str]] = CONTACT_FIELDS
+    STAGES: ClassVar[Mapping[str, str]] = STAGES
+    stage_label: ClassVar[str] = "dealstage"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HubSpotCRM:
+        c = settings.commerce
+        ref, options = cls.settings_options(settings)
+        return cls(
+            access_token=c.hubspot_token,
+            host=c.hubspot_host,
+            pipeline=c.hubspot_pipeline,
+            ref_property=ref or REF_PROPERTY,
+            **options,
+        )
 
     def __init__(
         self,
@@ -89,7 +105,7 @@ class HubSpotCRM(CRM):
         timeout_s: float = 10.0,
         stage_map: Mapping[str, str] | None = None,
         pipeline: str = "default",
-        ref_property: str = "habla_ref",
+        ref_property: str = REF_PROPERTY,
         contact_fields: Mapping[str, str] | None = None,
         max_workers: int = 4,
     ) -> None:
@@ -101,19 +117,15 @@ class HubSpotCRM(CRM):
             problems.append("access_token is required")
         if not ref_property:
             problems.append("ref_property must name a property")
-        unknown = sorted(set(contact_fields or {}) - set(CONTACT_FIELDS))
-        if unknown:
-            problems.append(f"contact_fields: unknown habla fields {unknown}")
-        if timeout_s <= 0:
-            problems.append("timeout_s must be > 0")
-        if problems:
-            raise ValueError("HubSpotCRM: " + "; ".join(problems))
-        self.timeout_s = timeout_s
-        self.stage_map = {**STAGES, **(stage_map or {})}
+        super().__init__(
+            timeout_s=timeout_s,
+            max_workers=max_workers,
+            stage_map=stage_map,
+            contact_fields=contact_fields,
+            problems=problems,
+        )
         self.pipeline = pipeline
         self.ref_property = ref_property
-        self.contact_fields = {**CONTACT_FIELDS, **(contact_fields or {})}
-        self.max_workers = max_workers
         config: dict[str, Any] = {"access_token": access_token, "retry": urllib3.Retry(0)}
         if host:
             config["host"] = host.rstrip("/")
@@ -122,32 +134,23 @@ class HubSpotCRM(CRM):
         self._objects = client.crm.objects.basic_api
         self._search = SearchApi(self._objects.api_client)
         self._associations = client.crm.associations.v4.basic_api
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def start(self) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hubspot")
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        await super().close()
         for api in (self._objects, self._associations):
             api.api_client.rest_client.pool_manager.clear()
 
-    # ------------------------------------------------------------------ CRM
+    def map_error(self, error: Exception) -> HablaError | None:
+        if isinstance(error, (ApiException, AssociationsApiException)):
+            return api_error(error)
+        if isinstance(error, urllib3.exceptions.HTTPError):  # refused, reset (no SDK retries)
+            reason = f"hubspot: {type(error).__name__}: {error}"
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                return PermanentError(reason)
+            return TransientError(reason)
+        return None
 
-    async def upsert_contact(self, contact: Contact) -> str:
-        if not (contact.phone or contact.email):
-            raise PermanentError("hubspot: a contact needs a phone number or an e-mail")
-        properties = self._contact_properties(contact)
-        found, email_taken = await self._find_contact(contact)
-        if email_taken:  # found by phone; the e-mail stays with the contact that has it
-            properties.pop(self.contact_fields["email"], None)
-        try:
-            return await self._write("contacts", found, properties)
-        except ExistingRecord as e:  # created meanwhile, not searchable yet
-            return await self._write("contacts", e.existing_id, properties)
+    # ------------------------------------------------------------------ CRM
 
     async def create_lead(self, contact: Contact, source: str, ref: str) -> str:
         contact_id = await self.upsert_contact(contact)
@@ -167,7 +170,7 @@ class HubSpotCRM(CRM):
             "dealname": deal.name,
             "amount": _amount(deal.amount),
             "deal_currency_code": deal.currency.upper(),
-            "dealstage": self._stage(deal.stage),
+            "dealstage": self.stage(deal.stage),
             "pipeline": self.pipeline,
             self.ref_property: deal.ref,
             **{k: _text(v) for k, v in deal.extra.items()},
@@ -176,13 +179,13 @@ class HubSpotCRM(CRM):
         links = [(deal.contact_id, DEAL_TO_CONTACT)] if deal.contact_id else []
         deal_id = await self._write("deals", found, properties, links)
         if found and deal.contact_id:  # idempotent PUT of the default deal-contact link
-            await self._call(
+            await self._api(
                 self._associations.create_default, "deals", deal_id, "contacts", deal.contact_id
             )
         return deal_id
 
     async def move_deal(self, ref: str, stage: str) -> str:
-        dealstage = self._stage(stage)
+        dealstage = self.stage(stage)
         deal_id = await self._require_deal(ref)
         return await self._write("deals", deal_id, {"dealstage": dealstage})
 
@@ -196,47 +199,29 @@ class HubSpotCRM(CRM):
             properties["hs_timestamp"] = _now()
         return await self._write("notes", found, properties, links)
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ contacts
 
-    def _contact_properties(self, contact: Contact) -> dict[str, str]:
-        properties = {
-            self.contact_fields[field]: value
-            for field in CONTACT_FIELDS
-            if (value := getattr(contact, field)) and self.contact_fields[field]
-        }
+    async def _find_contacts(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, Mapping[str, Any]]]:
+        results = await self._search_eq("contacts", wanted, limit=10)
+        return [(str(r.id), r.properties or {}) for r in results]
+
+    def _contact_record(self, contact: Contact, *, creating: bool) -> dict[str, Any]:
+        properties = self.mapped_fields(contact)
         properties.update({k: _text(v) for k, v in contact.extra.items()})
         return properties
 
-    def _stage(self, stage: str) -> str:
+    async def _create_contact(self, fields: Mapping[str, Any]) -> str:
         try:
-            return self.stage_map[stage]
-        except KeyError:
-            raise PermanentError(
-                f"hubspot: no dealstage for habla stage {stage!r} (stage_map has "
-                f"{sorted(self.stage_map)})"
-            ) from None
+            return await self._write("contacts", "", fields)
+        except ExistingRecord as e:  # created meanwhile, not searchable yet (409)
+            return await self._write("contacts", e.existing_id, fields)
 
-    async def _find_contact(self, contact: Contact) -> tuple[str, bool]:
-        """The id of the contact with this phone, else with this e-mail ('' for none),
-        and whether the e-mail belongs to another contact than the one found."""
-        phone, email = self.contact_fields["phone"], self.contact_fields["email"]
-        wanted = [(p, v) for p, v in ((phone, contact.phone), (email, contact.email)) if p and v]
-        if not wanted:
-            return "", False
-        results = await self._search_eq("contacts", wanted, limit=10)
+    async def _update_contact(self, contact_id: str, fields: Mapping[str, Any]) -> None:
+        await self._write("contacts", contact_id, fields)
 
-        def holders(prop: str, value: str) -> list[str]:
-            if not (prop and value):
-                return []
-            return [
-                str(r.id)
-                for r in results
-                if str((r.properties or {}).get(prop) or "").lower() == value.lower()
-            ]
-
-        by_phone, by_email = holders(phone, contact.phone), holders(email, contact.email)
-        found = (by_phone or by_email or [str(r.id) for r in results] or [""])[0]
-        return found, bool(by_email) and found not in by_email
+    # ------------------------------------------------------------------ requests
 
     async def _find(self, object_type: str, prop: str, value: str) -> str:
         results = await self._search_eq(object_type, [(prop, value)], limit=1)
@@ -260,21 +245,21 @@ class HubSpotCRM(CRM):
             "properties": sorted({p for p, _ in wanted}),
             "limit": limit,
         }
-        page = await self._call(self._search.do_search, object_type, request)
+        page = await self._api(self._search.do_search, object_type, request)
         return list(page.results or [])
 
     async def _write(
         self,
         object_type: str,
         object_id: str,
-        properties: Mapping[str, str],
+        properties: Mapping[str, Any],
         links: Iterable[tuple[str, int]] = (),
     ) -> str:
         """Update ``object_id`` (associations untouched) or, when it is '', create the
         record with ``links`` (to-id, HubSpot-defined association type id). Its id."""
         if object_id:
             body: dict[str, Any] = {"properties": dict(properties)}
-            await self._call(self._objects.update, object_type, object_id, body)
+            await self._api(self._objects.update, object_type, object_id, body)
             return object_id
         body = {
             "properties": dict(properties),
@@ -286,35 +271,29 @@ class HubSpotCRM(CRM):
                 for to_id, t in links
             ],
         }
-        created = await self._call(self._objects.create, object_type, body)
+        created = await self._api(self._objects.create, object_type, body)
         return str(created.id)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the adapter's threads, bounded by ``timeout_s``, errors mapped."""
-        await self.start()
-        call = functools.partial(fn, *args, _request_timeout=self.timeout_s)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except (ApiException, AssociationsApiException) as e:
-            raise api_error(e) from e
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise TransientError(f"hubspot: {type(e).__name__}: {e}") from e
+    async def _api(self, fn: Callable[..., T], *args: Any) -> T:
+        """An SDK call, with the SDK's own socket timeout as a backstop."""
+        return await self.call(fn, *args, _request_timeout=self.sdk_timeout_s)
 
 
-def api_error(e: ApiException | AssociationsApiException) -> Exception:
-    """TransientError for 429, 5xx and network-level failures; PermanentError otherwise."""
+def api_error(e: ApiException | AssociationsApiException) -> HablaError:
+    """By HTTP status (408, 429, 5xx transient, with Retry-After); a 409 naming the
+    existing record is :class:`ExistingRecord`; status 0 is the SDK's wrapper of a
+    TLS failure (an untrusted certificate is permanent)."""
     status = int(e.status or 0)
     message = _message(e.body) or str(e.reason or "").strip()
     reason = f"hubspot {status}: {message}"
-    if status == 0:  # the SDK's wrapper of a TLS failure
+    if status == 0:
         if "CERTIFICATE_VERIFY_FAILED" in message:
             return PermanentError(reason)
         return TransientError(reason)
-    if status in (408, 429) or status >= 500:
-        return TransientError(reason, _retry_after(e.headers))
     if status == 409 and (m := _EXISTING_ID.search(message)):
         return ExistingRecord(reason, m.group(1))
-    return PermanentError(reason)
+    retry_after = e.headers.get("Retry-After") if e.headers else None
+    return error_for_status(status, reason, retry_after)
 
 
 def _message(body: Any) -> str:
@@ -323,14 +302,6 @@ def _message(body: Any) -> str:
     except ValueError:
         return str(body)[:200]
     return str(data.get("message", "")) if isinstance(data, dict) else ""
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After") if headers else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _amount(amount: float) -> str:

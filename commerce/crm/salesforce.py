@@ -23,28 +23,28 @@ StageName picklist; ``multi_currency=True`` only in a multi-currency org (it sen
 ``CurrencyIsoCode``; otherwise the org's currency applies); a Contact field for
 ``language`` if wanted (``contact_fields={"language": "..."}``; none by default).
 
-simple-salesforce is synchronous (requests): every call runs on a small thread pool
-of this adapter's own, and a timeout adapter mounted on the session bounds each
-request (simple-salesforce passes no timeout).
+simple-salesforce is synchronous (requests): every call runs through :meth:`CRM.call`,
+on the base's thread pool, bounded by ``timeout_s`` (``send.timeout_s``); a timeout
+adapter mounted on the session also bounds each request at the socket (simple-salesforce
+passes no timeout), so a pool thread is not held long after the caller gave up. The
+contact lookup is :meth:`CRM.upsert_contact` over one SOQL query. This module builds
+the queries and records and reads the answers and Salesforce's errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast
 
 import requests
 from requests.adapters import HTTPAdapter
 from simple_salesforce import Salesforce, SalesforceError, SFType, format_external_id, format_soql
 
 from commerce.crm.base import CRM, Contact, Deal
-from runtime.retry import PermanentError, TransientError
-
-T = TypeVar("T")
+from runtime.errors import HablaError, PermanentError, TransientError, error_for_status
+from runtime.settings import Settings
 
 # habla field -> Contact field ("" for none: standard Contacts have no language field)
 CONTACT_FIELDS: Mapping[str, str] = {
@@ -56,6 +56,7 @@ CONTACT_FIELDS: Mapping[str, str] = {
 }
 # habla stage -> Opportunity StageName
 STAGES: Mapping[str, str] = {"open": "Prospecting", "won": "Closed Won", "lost": "Closed Lost"}
+REF_FIELD = "Habla_Ref__c"
 # errorCodes worth retrying whatever the HTTP status (the daily API limit is a 403)
 TRANSIENT_CODES = {"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 DESCRIPTION_MAX = 32_000  # Task.Description
@@ -65,6 +66,22 @@ CREATE_ONLY_CONTACT_FIELD = "ContactId"  # Opportunity.ContactId: set on create 
 
 class SalesforceCRM(CRM):
     name: ClassVar[str] = "salesforce"
+    CONTACT_FIELDS: ClassVar[Mapping[str, str]] = CONTACT_FIELDS
+    STAGES: ClassVar[Mapping[str, str]] = STAGES
+    stage_label: ClassVar[str] = "StageName"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SalesforceCRM:
+        c = settings.commerce
+        ref, options = cls.settings_options(settings)
+        ca_bundle = str(settings.path(c.salesforce_ca_bundle)) if c.salesforce_ca_bundle else ""
+        return cls(
+            instance_url=c.salesforce_instance_url,
+            session_id=c.salesforce_token,
+            ca_bundle=ca_bundle,
+            ref_field=ref or REF_FIELD,
+            **options,
+        )
 
     def __init__(
         self,
@@ -78,11 +95,12 @@ class SalesforceCRM(CRM):
         consumer_key: str = "",
         consumer_secret: str = "",
         session: requests.Session | None = None,
+        ca_bundle: str = "",
         api_version: str = "",
         timeout_s: float = 10.0,
         contact_fields: Mapping[str, str] | None = None,
         stage_map: Mapping[str, str] | None = None,
-        ref_field: str = "Habla_Ref__c",
+        ref_field: str = REF_FIELD,
         company: str = "[not provided]",
         multi_currency: bool = False,
         opportunity_contact_field: str = "ContactId",
@@ -92,7 +110,11 @@ class SalesforceCRM(CRM):
         """Credentials, one of: ``instance_url`` + ``session_id`` (an OAuth access
         token); ``username`` + ``password`` + ``security_token`` (+ ``domain``, "login"
         or "test"); ``consumer_key`` + ``consumer_secret`` with ``domain`` the My Domain
-        ("yourorg.my"), for the client-credentials flow."""
+        ("yourorg.my"), for the client-credentials flow.
+
+        Without a ``session``, the adapter opens (and closes) its own, which ignores
+        proxy settings from the environment and verifies the host with ``ca_bundle``
+        when given (else the system's CAs)."""
         problems = []
         if session_id and not instance_url:
             problems.append("instance_url is required with session_id")
@@ -107,13 +129,13 @@ class SalesforceCRM(CRM):
             )
         if not ref_field:
             problems.append("ref_field must name an External ID field")
-        unknown = sorted(set(contact_fields or {}) - set(CONTACT_FIELDS))
-        if unknown:
-            problems.append(f"contact_fields: unknown habla fields {unknown}")
-        if timeout_s <= 0:
-            problems.append("timeout_s must be > 0")
-        if problems:
-            raise ValueError("SalesforceCRM: " + "; ".join(problems))
+        super().__init__(
+            timeout_s=timeout_s,
+            max_workers=max_workers,
+            stage_map=stage_map,
+            contact_fields=contact_fields,
+            problems=problems,
+        )
         self._login: dict[str, Any] = {"domain": domain}
         if instance_url and session_id:
             self._login = {"instance_url": instance_url, "session_id": session_id}
@@ -128,52 +150,38 @@ class SalesforceCRM(CRM):
         if api_version:
             self._login["version"] = api_version
         self._own_session = session is None
-        self.session = session or requests.Session()
-        self.session.mount("https://", _TimeoutAdapter(timeout_s))
-        self.timeout_s = timeout_s
-        self.contact_fields = {**CONTACT_FIELDS, **(contact_fields or {})}
-        self.stage_map = {**STAGES, **(stage_map or {})}
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy or netrc surprises: the configured host only
+            if ca_bundle:
+                session.verify = ca_bundle
+        self.session = session
+        self.session.mount("https://", _TimeoutAdapter(self.sdk_timeout_s))
         self.ref_field = ref_field
         self.company = company
         self.multi_currency = multi_currency
         self.opportunity_contact_field = opportunity_contact_field
         self.note_subject = note_subject
-        self.max_workers = max_workers
-        self._pool: ThreadPoolExecutor | None = None
         self._sf: Salesforce | None = None
         self._connecting = asyncio.Lock()
 
     async def start(self) -> None:
         """Log in (password and client-credentials flows call Salesforce here)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="salesforce")
         async with self._connecting:
             if self._sf is None:
-                login = functools.partial(Salesforce, session=self.session, **self._login)
-                self._sf = await self._run(login)
+                self._sf = await self.call(Salesforce, session=self.session, **self._login)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        await super().close()
         if self._own_session:
             self.session.close()
 
-    # ------------------------------------------------------------------ CRM
+    def map_error(self, error: Exception) -> HablaError | None:
+        if isinstance(error, (SalesforceError, requests.RequestException)):
+            return api_error(error)
+        return None
 
-    async def upsert_contact(self, contact: Contact) -> str:
-        if not (contact.phone or contact.email):
-            raise PermanentError("salesforce: a contact needs a phone number or an e-mail")
-        found, email_taken = await self._find_contact(contact)
-        fields = self._person_fields(contact, creating=not found, with_language=True)
-        if email_taken:  # found by phone; the e-mail stays with the contact that has it
-            fields.pop(self.contact_fields["email"], None)
-        fields.update(contact.extra)
-        if found:
-            await self._sobject("Contact", "update", found, fields)
-            return found
-        created = await self._sobject("Contact", "create", fields)
-        return str(created["id"])
+    # ------------------------------------------------------------------ CRM
 
     async def create_lead(self, contact: Contact, source: str, ref: str) -> str:
         fields = self._person_fields(contact, creating=True, with_language=False)
@@ -186,7 +194,7 @@ class SalesforceCRM(CRM):
         fields: dict[str, Any] = {
             "Name": deal.name,
             "Amount": deal.amount,
-            "StageName": self._stage(deal.stage),
+            "StageName": self.stage(deal.stage),
         }
         if self.multi_currency:
             fields["CurrencyIsoCode"] = deal.currency.upper()
@@ -204,7 +212,7 @@ class SalesforceCRM(CRM):
         return await self._upsert("Opportunity", deal.ref, fields)
 
     async def move_deal(self, ref: str, stage: str) -> str:
-        fields = {"StageName": self._stage(stage)}
+        fields = {"StageName": self.stage(stage)}
         found = await self._require_opportunity(ref)
         await self._sobject("Opportunity", "update", found, fields)
         return found
@@ -221,7 +229,33 @@ class SalesforceCRM(CRM):
             fields["WhatId"] = await self._require_opportunity(deal_ref)
         return await self._upsert("Task", ref, fields)
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ contacts
+
+    def _phone_fields(self) -> Sequence[str]:
+        return [self.contact_fields["phone"], "MobilePhone"]
+
+    async def _find_contacts(
+        self, wanted: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, Mapping[str, Any]]]:
+        columns = ", ".join(dict.fromkeys(["Id", *(f for f, _ in wanted)]))
+        where = " OR ".join(f"{f} = {{{i}}}" for i, (f, _) in enumerate(wanted))
+        soql = format_soql(
+            f"SELECT {columns} FROM Contact WHERE {where} ORDER BY CreatedDate LIMIT 10",
+            *(v for _, v in wanted),
+        )
+        return [(str(r["Id"]), r) for r in await self._query(soql)]
+
+    def _contact_record(self, contact: Contact, *, creating: bool) -> dict[str, Any]:
+        fields = self._person_fields(contact, creating=creating, with_language=True)
+        fields.update(contact.extra)
+        return fields
+
+    async def _create_contact(self, fields: Mapping[str, Any]) -> str:
+        created = await self._sobject("Contact", "create", dict(fields))
+        return str(created["id"])
+
+    async def _update_contact(self, contact_id: str, fields: Mapping[str, Any]) -> None:
+        await self._sobject("Contact", "update", contact_id, dict(fields))
 
     def _person_fields(
         self, contact: Contact, *, creating: bool, with_language: bool
@@ -232,59 +266,19 @@ class SalesforceCRM(CRM):
         skip = {"first_name"} if not contact.last_name else set()
         if not with_language:
             skip.add("language")
-        fields = {
-            self.contact_fields[f]: value
-            for f in CONTACT_FIELDS
-            if f not in skip and (value := getattr(contact, f)) and self.contact_fields[f]
-        }
+        fields = self.mapped_fields(contact, skip)
         if creating and not contact.last_name:
             last = self.contact_fields["last_name"] or "LastName"
             fields[last] = contact.first_name or contact.phone or contact.email
         return fields
 
-    def _stage(self, stage: str) -> str:
-        try:
-            return self.stage_map[stage]
-        except KeyError:
-            raise PermanentError(
-                f"salesforce: no StageName for habla stage {stage!r} (stage_map has "
-                f"{sorted(self.stage_map)})"
-            ) from None
+    # ------------------------------------------------------------------ requests
 
     async def _sobject(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """``sf.<name>.<method>(*args, **kwargs)``, e.g. ``sf.Contact.update(id, fields)``."""
         await self.start()
         sobject = cast(SFType, getattr(self._sf, name))
-        return await self._call(getattr(sobject, method), *args, **kwargs)
-
-    async def _find_contact(self, contact: Contact) -> tuple[str, bool]:
-        """The id of the contact with this phone, else with this e-mail ('' for none),
-        and whether the e-mail belongs to another contact than the one found."""
-        phones = [f for f in dict.fromkeys((self.contact_fields["phone"], "MobilePhone")) if f]
-        email = self.contact_fields["email"]
-        wanted = [(f, contact.phone) for f in phones if contact.phone]
-        wanted += [(email, contact.email)] if email and contact.email else []
-        if not wanted:
-            return "", False
-        columns = ", ".join(dict.fromkeys(["Id", *(f for f, _ in wanted)]))
-        where = " OR ".join(f"{f} = {{{i}}}" for i, (f, _) in enumerate(wanted))
-        soql = format_soql(
-            f"SELECT {columns} FROM Contact WHERE {where} ORDER BY CreatedDate LIMIT 10",
-            *(v for _, v in wanted),
-        )
-        records = await self._query(soql)
-
-        def holders(fields: list[str], value: str) -> list[str]:
-            return [
-                str(r["Id"])
-                for r in records
-                if value and any(str(r.get(f) or "").lower() == value.lower() for f in fields)
-            ]
-
-        by_phone = holders(phones, contact.phone)
-        by_email = holders([email] if email else [], contact.email)
-        found = (by_phone or by_email or [str(r["Id"]) for r in records] or [""])[0]
-        return found, bool(by_email) and found not in by_email
+        return await self.call(getattr(sobject, method), *args, **kwargs)
 
     async def _find_id(self, sobject: str, ref: str) -> str:
         soql = format_soql(f"SELECT Id FROM {sobject} WHERE {self.ref_field} = {{}} LIMIT 1", ref)
@@ -300,7 +294,7 @@ class SalesforceCRM(CRM):
     async def _query(self, soql: str) -> list[dict[str, Any]]:
         await self.start()
         assert self._sf is not None
-        result = await self._call(self._sf.query, soql)
+        result = await self.call(self._sf.query, soql)
         return list(result.get("records") or [])
 
     async def _upsert(self, sobject: str, ref: str, fields: Mapping[str, Any]) -> str:
@@ -317,27 +311,17 @@ class SalesforceCRM(CRM):
             raise PermanentError(f"salesforce: upserted {sobject} {ref!r} but cannot find it")
         return found
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        await self.start()
-        return await self._run(functools.partial(fn, *args, **kwargs))
 
-    async def _run(self, call: Callable[[], T]) -> T:
-        """``call()`` on the adapter's threads, errors mapped."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except (SalesforceError, requests.RequestException) as e:
-            raise api_error(e) from e
-
-
-def api_error(e: SalesforceError | requests.RequestException) -> Exception:
-    """TransientError for 5xx, limits, lock contention, timeouts and connection errors;
-    PermanentError otherwise (bad request, credentials, untrusted certificate)."""
+def api_error(e: SalesforceError | requests.RequestException) -> HablaError:
+    """By HTTP status (408, 429, 5xx transient) or errorCode (limits, lock contention);
+    timeouts and connection errors are transient; anything else (bad request,
+    credentials, an untrusted certificate) is permanent."""
     if isinstance(e, SalesforceError):
         code, message = _first_error(e.content)
         reason = f"salesforce {e.status} {code}: {message}".replace("  ", " ")
-        if e.status >= 500 or code in TRANSIENT_CODES:
+        if code in TRANSIENT_CODES:
             return TransientError(reason)
-        return PermanentError(reason)
+        return error_for_status(e.status, reason)
     reason = f"salesforce: {type(e).__name__}: {e}"
     if isinstance(e, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
         return PermanentError(reason)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from runtime.retry import PermanentError, TransientError
+from runtime.settings import Settings
 
 EventType = Literal["paid", "failed", "refunded", "expired"]
 INTERVALS = ("", "day", "week", "month", "year")
@@ -92,6 +93,16 @@ class PaymentEvent:
 
 class Payments(ABC):
     name: ClassVar[str]
+
+    @classmethod
+    def missing_secrets(cls, settings: Settings) -> list[str]:
+        """Environment variables the payment webhook needs (named when it answers 403)."""
+        return []
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> Payments:
+        """Build from the settings (registered in runtime/providers.py PAYMENTS)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients."""

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import stripe
+import yaml
 
+from commerce.catalog import read_catalog
 from commerce.payments.base import (
     CheckoutLink,
     EventType,
@@ -35,6 +37,7 @@ from commerce.payments.base import (
     header,
 )
 from runtime.retry import PermanentError, TransientError
+from runtime.settings import Settings, SettingsError
 
 # The SDK reports request timings to Stripe and writes a machine id under ~/.config by
 # default; habla sends Stripe nothing it did not ask for.
@@ -51,6 +54,32 @@ REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 
 class StripePayments(Payments):
     name = "stripe"
+
+    @classmethod
+    def missing_secrets(cls, settings: Settings) -> list[str]:
+        c = settings.commerce
+        pairs = (
+            ("STRIPE_API_KEY", c.stripe_key),
+            ("STRIPE_WEBHOOK_SECRET", c.stripe_webhook_secret),
+        )
+        return [name for name, value in pairs if not value]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StripePayments:
+        c = settings.commerce
+        try:  # start-up, before serving: products sold at an existing Stripe Price
+            catalog = read_catalog(settings.path(c.catalog))
+            prices = {p.sku: p.stripe_price for p in catalog.products if p.stripe_price}
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+            raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
+        return cls(
+            prices=prices,
+            api_key=c.stripe_key,
+            webhook_secret=c.stripe_webhook_secret,
+            api_base=c.stripe_api_base,
+            tolerance_s=c.stripe_tolerance_s,
+            timeout_s=settings.send.timeout_s,
+        )
 
     def __init__(
         self,

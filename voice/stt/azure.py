@@ -37,7 +37,7 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 import imageio_ffmpeg
 
-from runtime.settings import SettingsError
+from runtime.settings import Settings, SettingsError
 from voice.locales import to_locale
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
@@ -122,6 +122,11 @@ class _Phrase:
 
 class AzureSTT(SpeechToText):
     name = "azure"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AzureSTT:
+        v = settings.voice
+        return cls(key=v.azure_key, region=v.azure_region, host=v.azure_host)
 
     def __init__(
         self,

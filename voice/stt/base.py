@@ -7,17 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-
-class SpeechError(Exception):
-    """The audio could not be transcribed or synthesized (bad input or engine failure).
-
-    ``transient`` is True for outages worth retrying or falling back from (network,
-    quota, 5xx); False for bad audio or bad credentials.
-    """
-
-    def __init__(self, reason: str, *, transient: bool = False) -> None:
-        super().__init__(reason)
-        self.transient = transient
+from runtime.errors import SpeechError as SpeechError  # re-exported for adapters
+from runtime.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,6 +25,11 @@ class SpeechToText(ABC):
     """Transcribe one voice note. Implementations never block the event loop."""
 
     name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> SpeechToText:
+        """Build from the settings (registered in runtime/providers.py STT)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients or load models."""

@@ -37,6 +37,8 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import speech_v1
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 
+from runtime.errors import is_transient_status
+from runtime.settings import Settings
 from voice.audio import ogg_opus_duration
 from voice.locales import LOCALES as BASE_LOCALES
 from voice.locales import to_language
@@ -108,7 +110,7 @@ def speech_error(engine: str, error: Exception) -> SpeechError:
     """An error of the Google client as a SpeechError: 5xx, 429 and 408 are transient."""
     if isinstance(error, google_exceptions.GoogleAPICallError):
         status = error.code or 500
-        transient = status >= 500 or status in (408, 429)
+        transient = is_transient_status(status)
         return SpeechError(f"{engine}: {status} {error.message}", transient=transient)
     if isinstance(error, (google_exceptions.RetryError, asyncio.TimeoutError)):
         return SpeechError(f"{engine}: timed out ({error})", transient=True)
@@ -119,6 +121,10 @@ def speech_error(engine: str, error: Exception) -> SpeechError:
 
 class GoogleSTT(SpeechToText):
     name = "google"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GoogleSTT:
+        return cls(endpoint=settings.voice.google_endpoint)
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.settings import Settings
 from voice.audio import AudioError, decode_to_pcm16k
 from voice.models import ModelError, whisper_base
 from voice.stt.base import SpeechError, SpeechToText, Transcript
@@ -103,6 +104,16 @@ def _model_class() -> type[Any]:
 
 class WhisperSTT(SpeechToText):
     name = "whisper"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WhisperSTT:
+        v = settings.voice
+        return cls(
+            model_dir=str(settings.path(v.whisper_model_dir)) if v.whisper_model_dir else "",
+            cache_dir=str(settings.models_dir / "whisper-base"),
+            beam_size=v.whisper_beam_size,
+            cpu_threads=v.whisper_threads,
+        )
 
     def __init__(
         self,

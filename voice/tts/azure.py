@@ -20,10 +20,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 import azure.cognitiveservices.speech as speechsdk
 
+from runtime.settings import Settings
 from voice.audio import ogg_opus_duration
 from voice.stt.azure import cancellation_error, speech_config, to_locale
 from voice.stt.base import SpeechError
-from voice.tts.base import Speech, TextToSpeech
+from voice.tts.base import Speech, TextToSpeech, parse_voices
 
 DEFAULT_VOICES: dict[str, str] = {
     "de": "de-DE-KatjaNeural",
@@ -44,6 +45,13 @@ _VOICE_LOCALE = re.compile(r"^([a-z]{2,3}-[A-Z]{2})-")
 
 class AzureTTS(TextToSpeech):
     name = "azure"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AzureTTS:
+        v = settings.voice
+        return cls(
+            key=v.azure_key, region=v.azure_region, host=v.azure_host, voices=parse_voices(settings)
+        )
 
     def __init__(
         self,

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from runtime.settings import Settings, SettingsError
+
 
 @dataclass(frozen=True)
 class Speech:
@@ -16,10 +18,26 @@ class Speech:
     voice: str
 
 
+def parse_voices(settings: Settings) -> dict[str, str]:
+    """``HABLA_TTS_VOICES`` ('es=es-ES-ElviraNeural,pt=...') as a mapping."""
+    out = {}
+    for item in filter(None, (p.strip() for p in settings.voice.voices.split(","))):
+        lang, sep, voice = item.partition("=")
+        if not sep or not lang.strip() or not voice.strip():
+            raise SettingsError([f"voice.voices (HABLA_TTS_VOICES): {item!r} is not lang=voice"])
+        out[lang.strip().lower()] = voice.strip()
+    return out
+
+
 class TextToSpeech(ABC):
     """Synthesize one reply. Implementations never block the event loop."""
 
     name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> TextToSpeech:
+        """Build from the settings (registered in runtime/providers.py TTS)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients or load voices."""

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from runtime.settings import Settings
 from voice.audio import AudioError, pcm_to_ogg_opus
 from voice.stt.base import SpeechError
-from voice.tts.base import Speech, TextToSpeech
+from voice.tts.base import Speech, TextToSpeech, parse_voices
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,10 @@ class _Library:
 
 class EspeakTTS(TextToSpeech):
     name = "espeak"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EspeakTTS:
+        return cls(voices=parse_voices(settings))
 
     def __init__(
         self, *, voices: Mapping[str, str] | None = None, rate: int = DEFAULT_RATE

@@ -19,10 +19,11 @@ from google.cloud.texttospeech_v1.services.text_to_speech.transports import (
     TextToSpeechGrpcAsyncIOTransport,
 )
 
+from runtime.settings import Settings
 from voice.audio import ogg_opus_duration
 from voice.stt.base import SpeechError
 from voice.stt.google import CLIENT_ERRORS, grpc_client, speech_error, to_locale
-from voice.tts.base import Speech, TextToSpeech
+from voice.tts.base import Speech, TextToSpeech, parse_voices
 
 _VOICE_LOCALE = re.compile(r"^([a-z]{2,3}-[A-Z]{2})-")
 
@@ -35,6 +36,10 @@ def voice_locale(voice: str) -> str | None:
 
 class GoogleTTS(TextToSpeech):
     name = "google"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GoogleTTS:
+        return cls(endpoint=settings.voice.google_endpoint, voices=parse_voices(settings))
 
     def __init__(
         self,

@@ -63,6 +63,10 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
         while len(self._hot) > self.cache_size:
             self._hot.popitem(last=False)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, db: SQLite) -> SQLiteTrackerStore:
+        return cls(db, cache_size=settings.store.tracker_cache)
+
     async def setup(self) -> None:
         await self.db.script(SCHEMA)
 
@@ -167,17 +171,9 @@ class MemoryTrackerStore(InMemoryTrackerStore):
     ) -> None:
         super().__init__(domain or Domain.empty(), **kwargs)
 
+    @classmethod
+    def from_settings(cls, settings: Settings, db: SQLite) -> MemoryTrackerStore:
+        return cls(db)
+
     async def setup(self) -> None:
         return None
-
-
-TRACKER_STORES: dict[str, type[TrackerStore]] = {
-    "sqlite": SQLiteTrackerStore,
-    "memory": MemoryTrackerStore,
-}
-
-
-def make_tracker_store(settings: Settings, db: SQLite) -> TrackerStore:
-    """The tracker store named by ``store.tracker_store``."""
-    cls = TRACKER_STORES[settings.store.tracker_store]
-    return cls(db, cache_size=settings.store.tracker_cache)

@@ -11,54 +11,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiohttp import web
 
-from channels import channel_class
 from channels.base import ChannelServices, InputChannel, OutputChannel
-from commerce import service as commerce_service
 from commerce.orders import Order
 from commerce.outbox import Job
-from commerce.service import Commerce
 from commerce.webhook import PaymentWebhook
-from i18n.detect import DETECTORS
-from i18n.language import LanguagePolicy
-from i18n.stages import AuthoredResponses, DetectLanguage, LocalizeReplies, TranslateForNLU
-from i18n.store import LanguageStore, RedisLanguageStore, SQLiteLanguageStore
-from i18n.translation import (
-    CachingTranslator,
-    RedisTranslationCache,
-    SQLiteTranslationCache,
-    TranslationCache,
-    start_translator,
-)
-from nlu.actions import endpoint_from_settings
-from nlu.engine import Engine, RasaEngine
-from nlu.pool import WorkerPoolEngine
-from nlu.training import ensure_model
-from runtime.admin import AdminAPI
-from runtime.coordination import (
-    Choices,
-    ConversationLocks,
-    Inbox,
-    InProcessLocks,
-    RedisChoices,
-    RedisInbox,
-    RedisLocks,
-    SQLiteChoices,
-    SQLiteInbox,
-)
+from habla import wiring
+from habla.admin import AdminAPI
+from i18n.translation import CachingTranslator
+from nlu.engine import Engine
+from runtime.coordination import Coordination, Inbox, RedisInbox
 from runtime.deliveries import DeliveryLog
 from runtime.dispatch import Dispatcher
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, BotReply, InboundMessage, mask_phone
-from runtime.settings import Settings, SettingsError
-from runtime.sqlite import SQLite
-from runtime.tracker_store import make_tracker_store
-from runtime.turn import Acknowledge, Deliver, Dialogue, ResolveChoice, Turn
-from voice import make_stt, make_tts, parse_voices
-from voice.stages import ReplyMode, Speak, Transcribe, trigger
+from runtime.settings import Settings
+from runtime.turn import Turn
+from voice.stages import trigger
 from voice.stt.base import SpeechToText
 from voice.tts.base import TextToSpeech
 
@@ -68,57 +39,23 @@ logger = logging.getLogger(__name__)
 SHARED_PENDING_STALE_S = 300.0
 
 
-@dataclass(frozen=True)
-class Stores:
-    """Conversation-scoped state shared by every worker (embedded: one process)."""
-
-    locks: ConversationLocks
-    inbox: Inbox
-    choices: Choices
-    languages: LanguageStore
-    translations: TranslationCache
-
-
-async def embedded_stores(settings: Settings, db: SQLite) -> Stores:
-    inbox = SQLiteInbox(db, settings.store.dedupe_ttl_s)
-    choices = SQLiteChoices(db)
-    languages = SQLiteLanguageStore(db)
-    translations = SQLiteTranslationCache(db)
-    for store in (inbox, choices, languages, translations):
-        await store.setup()
-    return Stores(InProcessLocks(), inbox, choices, languages, translations)
-
-
-async def redis_stores(settings: Settings, db: SQLite) -> Stores:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(settings.store.redis_url)
-    await client.ping()
-    return Stores(
-        RedisLocks(client),
-        RedisInbox(client, settings.store.dedupe_ttl_s),
-        RedisChoices(client),
-        RedisLanguageStore(client),
-        RedisTranslationCache(client),
-    )
-
-
-COORDINATION = {"embedded": embedded_stores, "redis": redis_stores}
-
-
 class Runtime:
+    """What one server process owns: stores, engine, the turn, channels, commerce.
+
+    Everything is built by ``habla/wiring.py``; this class only holds the parts,
+    starts and stops them in order, and hands channels the callables they need.
+    """
+
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self._owns_engine = engine is None
         self.dispatcher = Dispatcher()
-        self.db = SQLite(settings.data_dir / "habla.sqlite3")
+        self.db = wiring.database(settings)
         self.deliveries = DeliveryLog(self.db)
         self._turn: Turn | None = None
-        self._locks: ConversationLocks | None = None
-        self._inbox: Inbox | None = None
         self.translator: CachingTranslator | None = None
-        self.stores: Stores | None = None
+        self.stores: Coordination | None = None
         self.stt: SpeechToText | None = None
         self._warmups: list[asyncio.Task[None]] = []
         self.tts: TextToSpeech | None = None
@@ -126,7 +63,7 @@ class Runtime:
         self.media = MediaHost(
             settings.data_dir / "media", v.media_secret, v.media_ttl_s, settings.public_base
         )
-        self.commerce = Commerce(settings, self.db)
+        self.commerce = wiring.build_commerce(settings, self.db)  # started in start()
         self.commerce.outbox.on_settled = self._outbox_settled
         self.payment_webhook = PaymentWebhook(self.commerce, self.notify)
         services = ChannelServices(
@@ -137,22 +74,8 @@ class Runtime:
             conversation_id=self.conversation_id,
             last_inbound=self.last_inbound,
         )
-        self.channels: dict[str, InputChannel] = {}
-        self.closed_channels: dict[str, list[str]] = {}
-        problems = []
-        for name in filter(None, (n.strip() for n in settings.server.channels.split(","))):
-            try:
-                cls = channel_class(name)
-            except (KeyError, ImportError, AttributeError, TypeError) as e:
-                problems.append(f"server.channels (HABLA_CHANNELS): {e}")
-                continue
-            missing = cls.missing_secrets(settings)
-            if missing:
-                self.closed_channels[cls.name] = missing
-            else:
-                self.channels[cls.name] = cls(services)
-        if problems:
-            raise SettingsError(problems)
+        self.channels: dict[str, InputChannel]
+        self.channels, self.closed_channels = wiring.build_channels(settings, services)
 
     def conversation_id(self, channel: str, address: str) -> str:
         """One conversation per person (E.164 number) unless settings keep channels apart."""
@@ -165,9 +88,9 @@ class Runtime:
 
     @property
     def inbox(self) -> Inbox:
-        if self._inbox is None:
+        if self.stores is None:
             raise RuntimeError("the runtime has not started")
-        return self._inbox
+        return self.stores.inbox
 
     @property
     def turn(self) -> Turn:
@@ -178,7 +101,7 @@ class Runtime:
     def routes(self) -> list[web.RouteDef]:
         routes: list[web.RouteDef] = []
         for name in self.closed_channels:
-            routes += channel_class(name).closed_routes()
+            routes += wiring.channel_class(name).closed_routes()
         for channel in self.channels.values():
             routes += channel.routes()
         admin = AdminAPI(self.settings.rest.admin_token, self.db, self.deliveries, self.commerce)
@@ -188,75 +111,49 @@ class Runtime:
         """Every webhook URL by channel (and the payment provider's)."""
         out = {}
         for name in list(self.channels) + list(self.closed_channels):
-            out[name] = [base + p for p in channel_class(name).url_paths()]
+            out[name] = [base + p for p in wiring.channel_class(name).url_paths()]
         out["stripe"] = [base + self.payment_webhook.path]
         return out
 
     @property
     def closed_endpoints(self) -> dict[str, list[str]]:
         """Webhooks that answer 403, with the settings that would open them."""
-        c = self.settings.commerce
-        missing = [
-            name
-            for name, ok in (
-                ("HABLA_PAYMENTS=stripe", c.payments == "stripe"),
-                ("STRIPE_API_KEY", bool(c.stripe_key)),
-                ("STRIPE_WEBHOOK_SECRET", bool(c.stripe_webhook_secret)),
-            )
-            if not ok
-        ]
+        missing = wiring.payments_missing(self.settings)
         return self.closed_channels | ({"stripe": missing} if missing else {})
 
     async def start(self) -> None:
         s = self.settings
-        tracker_store = make_tracker_store(s, self.db)
+        tracker_store = wiring.build_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
-        stores = self.stores = await COORDINATION[s.store.coordination](s, self.db)
-        self._locks, self._inbox = stores.locks, stores.inbox
+        stores = self.stores = await wiring.build_coordination(s, self.db)
+        await wiring.start_commerce(self.commerce, s, self.db)
         if self.engine is None:
-            model = (
-                s.path(s.bot.model)
-                if s.bot.model
-                else await asyncio.to_thread(ensure_model, s.path(s.bot.dir), s.models_dir)
-            )
-            self.engine = (
-                WorkerPoolEngine(model, s, s.engine.workers)
-                if s.engine.workers
-                else RasaEngine(model, endpoint_from_settings(s), s.engine.parse_cache)
-            )
-        await self.commerce.start()
-        commerce_service.install(self.commerce)
+            model = await asyncio.to_thread(wiring.model_path, s)
+            self.engine = wiring.build_engine(s, model, self.commerce)
+        else:  # an engine shared by tests gets this server's commerce
+            self.engine.bind_services({"commerce": self.commerce})
         await self.engine.load()
         self.engine.bind_tracker_store(tracker_store)
-        languages = s.languages
-        detector = await asyncio.to_thread(DETECTORS[s.i18n.detector], languages)
-        policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
-        authored = await asyncio.to_thread(AuthoredResponses.from_bot, s.path(s.bot.dir))
-        self.translator = await start_translator(s, stores.translations)
-        nlu_languages = [c.strip() for c in s.i18n.nlu_languages.split(",") if c.strip()]
-        self.stt, self.tts = make_stt(s), make_tts(s)
+        self.translator = await self._start_translator(stores)
+        self.stt, self.tts = wiring.build_stt(s), wiring.build_tts(s)
         # speech models load in the background: the server answers text at once, and
         # a voice note that arrives first waits for its engine (engines start lazily)
         self._warmups = [
             asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
         ]
         await self.media.start()
-        self._turn = Turn(
-            [
-                Acknowledge(),
-                ResolveChoice(stores.choices),
-                Transcribe(self.stt, s.voice, languages, stores.languages),
-                DetectLanguage(policy, stores.languages),
-                ReplyMode(stores.languages),
-                TranslateForNLU(self.translator, nlu_languages, languages[0]),
-                Dialogue(self.engine),
-                LocalizeReplies(self.translator, authored, languages[0]),
-                Speak(self.tts, s.voice, self.media, stores.languages, parse_voices(s)),
-                Deliver(self.deliveries, stores.choices),
-            ],
-            self._locks,
-            self.inbox,
+        self._turn = await wiring.build_turn(
+            s,
+            wiring.TurnParts(
+                self.engine,
+                stores,
+                self.deliveries,
+                self.media,
+                self.translator,
+                self.stt,
+                self.tts,
+            ),
         )
         for channel in self.channels.values():
             await channel.start()
@@ -283,6 +180,14 @@ class Runtime:
                 await self.inbox.done(msg, "failed")
         if pending:
             logger.info("resumed %d of %d unfinished messages", resumed, len(pending))
+
+    async def _start_translator(self, stores: Coordination) -> CachingTranslator | None:
+        translator = wiring.build_translator(self.settings)
+        if translator is None:
+            return None
+        caching = CachingTranslator(translator, stores.translations)
+        await caching.start()
+        return caching
 
     @staticmethod
     async def _warm_up(engine: SpeechToText | TextToSpeech) -> None:
@@ -353,10 +258,8 @@ class Runtime:
                 await engine.close()
         await self.media.close()
         await self.commerce.close()
-        commerce_service.install(None)
-        for closable in (self._locks, self._inbox):
-            if closable is not None:
-                await closable.close()
+        if self.stores is not None:
+            await self.stores.close()
         await self.db.close()
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:

@@ -1,50 +1,17 @@
-"""``habla train | run | shell``."""
+"""``habla train | run | shell | settings``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
-import warnings
 
+from nlu.logs import configure_logging, quiet_imports
 from runtime.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger("habla")
-
-
-def quiet_imports() -> None:
-    """Rasa's dependencies warn loudly at import; none of it is actionable by authors."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*deprecated.*")
-    warnings.filterwarnings("ignore", message="Slot auto-fill has been removed")
-    warnings.filterwarnings("ignore", message="Deprecated API features detected")
-
-
-def configure_logging(level: str) -> None:
-    quiet_imports()
-    # record (not print) what these imports warn, and drop the filters they install
-    with warnings.catch_warnings(record=True):
-        import rasa.api  # TensorFlow, Keras, Sanic, matplotlib...
-        import rasa.core.agent  # noqa: F401
-
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    noisy = ("rasa", "tensorflow", "absl", "matplotlib", "urllib3", "twilio.http_client")
-    quiet = max(logging.WARNING, logging.getLogger().level)
-    for name in noisy:
-        logging.getLogger(name).setLevel(quiet)
-    from rasa.utils.log_utils import configure_structlog
-
-    configure_structlog(quiet)  # Rasa's structlog events otherwise print at DEBUG
 
 
 def _settings() -> Settings:
@@ -89,7 +56,7 @@ async def serve(s: Settings) -> None:
     """Serve until SIGINT (Ctrl-C) or SIGTERM, then drain running turns and stop."""
     from aiohttp import web
 
-    from runtime.app import RUNTIME, create_app
+    from habla.server import RUNTIME, create_app
 
     app = create_app(s)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
@@ -126,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _shell(s: Settings) -> None:
     from channels.base import OutputChannel
-    from runtime.app import Runtime
+    from habla.server import Runtime
     from runtime.messages import BotReply, Delivery, InboundMessage
 
     class TerminalOutput(OutputChannel):

@@ -1,0 +1,325 @@
+"""The one place that builds habla from its settings.
+
+The server (``habla/server.py``), the CLI (``habla/cli.py``), the engine worker
+processes (:func:`worker_engine`) and the in-process actions all get their parts from
+here. Providers are looked up by name in the registries of ``runtime/providers.py``
+and build themselves (``from_settings``); this module only decides what goes where.
+
+Read a turn's stages top to bottom in :func:`build_turn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from channels.base import ChannelServices, InputChannel
+from commerce.crm.base import CRM
+from commerce.orders import OrderStore
+from commerce.payments.base import Payments
+from commerce.service import Commerce
+from i18n.detect import Detector
+from i18n.language import LanguagePolicy
+from i18n.stages import AuthoredResponses, DetectLanguage, LocalizeReplies, TranslateForNLU
+from i18n.translation import CachingTranslator, Translator
+from nlu.actions import InProcessActionEndpoint
+from nlu.engine import Engine, RasaEngine
+from nlu.pool import WorkerPoolEngine
+from nlu.training import ensure_model
+from runtime import providers
+from runtime.coordination import Coordination
+from runtime.deliveries import DeliveryLog
+from runtime.media import MediaHost
+from runtime.messages import BotReply
+from runtime.registry import UnknownProvider
+from runtime.settings import Settings, SettingsError
+from runtime.sqlite import SQLite
+from runtime.turn import (
+    Acknowledge,
+    Deliver,
+    Dialogue,
+    ResolveChoice,
+    RetryPolicy,
+    Turn,
+    TurnContext,
+)
+from voice.stages import ReplyMode, Speak, Transcribe
+from voice.stt.base import SpeechToText
+from voice.tts.base import TextToSpeech, parse_voices
+
+logger = logging.getLogger(__name__)
+
+
+def database(settings: Settings) -> SQLite:
+    """The embedded SQLite file every part on this machine shares."""
+    return SQLite(settings.data_dir / "habla.sqlite3")
+
+
+# ---------------------------------------------------------------- providers
+
+
+def _load(registry: Any, name: str, base: type) -> Any:
+    try:
+        return registry.load(name, base)
+    except UnknownProvider as e:
+        raise SettingsError([str(e)]) from e
+
+
+async def build_coordination(settings: Settings, db: SQLite) -> Coordination:
+    cls = _load(providers.COORDINATION, settings.store.coordination, Coordination)
+    return await cls.from_settings(settings, db)
+
+
+def build_tracker_store(settings: Settings, db: SQLite) -> Any:
+    from rasa.core.tracker_store import TrackerStore
+
+    cls = _load(providers.TRACKER_STORES, settings.store.tracker_store, TrackerStore)
+    return cls.from_settings(settings, db)
+
+
+def build_stt(settings: Settings) -> SpeechToText | None:
+    name = settings.voice.stt
+    if providers.STT.is_off(name):
+        return None
+    return _load(providers.STT, name, SpeechToText).from_settings(settings)
+
+
+def build_tts(settings: Settings) -> TextToSpeech | None:
+    name = settings.voice.tts
+    if providers.TTS.is_off(name):
+        return None
+    return _load(providers.TTS, name, TextToSpeech).from_settings(settings)
+
+
+def build_detector(settings: Settings) -> Detector:
+    cls = _load(providers.LANGUAGE_DETECTORS, settings.i18n.detector, Detector)
+    return cls.from_settings(settings)
+
+
+def build_translator(
+    settings: Settings, session: aiohttp.ClientSession | None = None
+) -> Translator | None:
+    """The configured translator (not started), or None when none is set."""
+    name = settings.i18n.translator
+    if providers.TRANSLATORS.is_off(name):
+        return None
+    cls = _load(providers.TRANSLATORS, name, Translator)
+    return cls.from_settings(settings, session)
+
+
+def build_crm(settings: Settings) -> CRM | None:
+    name = settings.commerce.crm
+    if providers.CRMS.is_off(name):
+        return None
+    return _load(providers.CRMS, name, CRM).from_settings(settings)
+
+
+def build_payments(settings: Settings) -> Payments | None:
+    name = settings.commerce.payments
+    if providers.PAYMENTS.is_off(name):
+        return None
+    return _load(providers.PAYMENTS, name, Payments).from_settings(settings)
+
+
+async def build_order_store(settings: Settings, db: SQLite) -> OrderStore:
+    cls = _load(providers.ORDER_STORES, settings.commerce.order_store, OrderStore)
+    store: OrderStore = cls.from_settings(settings, db)
+    await store.setup()
+    return store
+
+
+def build_commerce(settings: Settings, db: SQLite) -> Commerce:
+    """Orders, payment links and CRM records (not started: :func:`start_commerce`)."""
+    return Commerce(settings, db, crm=build_crm(settings), payments=build_payments(settings))
+
+
+async def start_commerce(commerce: Commerce, settings: Settings, db: SQLite) -> Commerce:
+    """Open its order store and clients (the server also starts the outbox's retry loop)."""
+    await commerce.start(await build_order_store(settings, db))
+    return commerce
+
+
+def payments_missing(settings: Settings) -> list[str]:
+    """What the payment webhook needs before it accepts requests (empty: open)."""
+    name = settings.commerce.payments
+    if providers.PAYMENTS.is_off(name):
+        first = providers.PAYMENTS.names[0]
+        cls = _load(providers.PAYMENTS, first, Payments)
+        return [f"HABLA_PAYMENTS={first}", *cls.missing_secrets(settings)]
+    return list(_load(providers.PAYMENTS, name, Payments).missing_secrets(settings))
+
+
+def build_channels(
+    settings: Settings, services: ChannelServices
+) -> tuple[dict[str, InputChannel], dict[str, list[str]]]:
+    """The open channels by name, and the closed ones with the secrets they miss."""
+    open_: dict[str, InputChannel] = {}
+    closed: dict[str, list[str]] = {}
+    for name in filter(None, (n.strip() for n in settings.server.channels.split(","))):
+        cls = _load(providers.CHANNELS, name, InputChannel)
+        missing = cls.missing_secrets(settings)
+        if missing:
+            closed[cls.name] = missing
+        else:
+            open_[cls.name] = cls.from_settings(services)
+    return open_, closed
+
+
+def channel_class(name: str) -> type[InputChannel]:
+    return _load(providers.CHANNELS, name, InputChannel)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def action_endpoint(settings: Settings, dependencies: Mapping[str, object]) -> Any:
+    """An external action server if one is configured, else rasa_sdk in-process with
+    ``dependencies`` (the Commerce service) handed to the actions that declare them."""
+    if settings.bot.action_endpoint:
+        from rasa.utils.endpoints import EndpointConfig
+
+        return EndpointConfig(url=settings.bot.action_endpoint)
+    return InProcessActionEndpoint(
+        settings.bot.actions_module, settings.bot.action_error_response, dependencies
+    )
+
+
+def model_path(settings: Settings) -> Path:
+    """The model to serve: the configured file, or trained from the bot's files."""
+    if settings.bot.model:
+        return settings.path(settings.bot.model)
+    return ensure_model(settings.path(settings.bot.dir), settings.models_dir)
+
+
+def build_engine(settings: Settings, model: Path, commerce: Commerce) -> Engine:
+    """Rasa in this process, or in ``engine.workers`` processes (each built by
+    :func:`worker_engine`). Load it, then bind the tracker store."""
+    if settings.engine.workers:
+        return WorkerPoolEngine(model, settings, settings.engine.workers, worker_engine)
+    endpoint = action_endpoint(settings, {"commerce": commerce})
+    return RasaEngine(model, endpoint, settings.engine.parse_cache)
+
+
+@contextlib.asynccontextmanager
+async def worker_engine(settings: Settings, model: Path) -> AsyncIterator[Engine]:
+    """An engine worker process's own parts: the loaded model, its tracker store
+    connection and the Commerce its actions use; all closed when the worker stops."""
+    db = database(settings)
+    commerce = await start_commerce(build_commerce(settings, db), settings, db)
+    try:
+        store = build_tracker_store(settings, db)
+        await store.setup()
+        engine = build_engine(settings.with_overrides(engine={"workers": 0}), model, commerce)
+        await engine.load()
+        engine.bind_tracker_store(store)
+        yield engine
+        await engine.close()
+    finally:
+        await commerce.close()
+        await db.close()
+
+
+# ---------------------------------------------------------------- the turn
+
+
+@dataclass(frozen=True)
+class TurnParts:
+    """What the turn's stages are built from (the server owns their lifetimes)."""
+
+    engine: Engine
+    coordination: Coordination
+    deliveries: DeliveryLog
+    media: MediaHost
+    translator: CachingTranslator | None
+    stt: SpeechToText | None
+    tts: TextToSpeech | None
+
+
+async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
+    """Every stage of a turn, in order."""
+    s = settings
+    languages = s.languages
+    c = parts.coordination
+    detector = await asyncio.to_thread(build_detector, s)
+    policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
+    authored = await asyncio.to_thread(AuthoredResponses.from_bot, s.path(s.bot.dir))
+    nlu_languages = [code.strip() for code in s.i18n.nlu_languages.split(",") if code.strip()]
+    deliver = Deliver(parts.deliveries, c.choices)
+    return Turn(
+        answer=[
+            Acknowledge(),
+            Transcribe(parts.stt, s.voice, languages, c.languages),
+            ResolveChoice(c.choices),  # after transcription: a spoken "two" picks too
+            DetectLanguage(policy, c.languages),
+            ReplyMode(c.languages),
+            TranslateForNLU(parts.translator, nlu_languages, languages[0]),
+            Dialogue(parts.engine),
+            LocalizeReplies(parts.translator, authored, languages[0]),
+        ],
+        deliver=[
+            Speak(parts.tts, s.voice, parts.media, c.languages, parse_voices(s)),
+            deliver,
+        ],
+        locks=c.locks,
+        inbox=c.inbox,
+        retry=RetryPolicy(s.turn.attempts, s.turn.backoff_s),
+        error_reply=ErrorReplies.from_bot(s, c),
+        sender=deliver,
+    )
+
+
+class ErrorReplies:
+    """The reply to a turn that failed for good: the domain's ``turn.error_response``
+    (``utter_error``) in the conversation's language, else a plain sentence."""
+
+    FALLBACK = "Sorry, something went wrong on our side. Please try again in a moment."
+
+    def __init__(self, texts: Mapping[str, str], default: str, coordination: Coordination) -> None:
+        self.texts, self.default, self.coordination = dict(texts), default, coordination
+
+    @classmethod
+    def from_bot(cls, settings: Settings, coordination: Coordination) -> ErrorReplies:
+        name = settings.turn.error_response
+        texts: dict[str, str] = {}
+        if name:
+            try:
+                texts = authored_texts(settings.path(settings.bot.dir), name)
+            except Exception as e:  # an unreadable domain fails training first; be safe
+                logger.warning("error response %s not read: %s", name, e)
+        default = texts.get("", "") or cls.FALLBACK if name else ""
+        return cls(texts, default, coordination)
+
+    async def __call__(self, ctx: TurnContext) -> tuple[BotReply, ...]:
+        if not self.default:
+            return ()
+        language: str | None = ctx.language
+        if not language:
+            try:
+                language, _ = await self.coordination.languages.get(ctx.inbound.conversation_id)
+            except Exception:
+                language = None
+        return (BotReply(text=self.texts.get(language or "", self.default)),)
+
+
+def authored_texts(bot_dir: Path, response: str) -> dict[str, str]:
+    """A domain response's first text per ``language`` condition ("" unconditioned)."""
+    from rasa.shared.core.domain import Domain
+
+    path = bot_dir / "domain"
+    domain = Domain.load(str(path if path.is_dir() else bot_dir / "domain.yml"))
+    texts: dict[str, str] = {}
+    for variation in domain.responses.get(response, []):
+        if not variation.get("text"):
+            continue
+        conditions = variation.get("condition") or []
+        languages = [str(c.get("value")) for c in conditions if c.get("name") == "language"]
+        key = languages[0] if languages else ""
+        texts.setdefault(key, str(variation["text"]))
+    return texts

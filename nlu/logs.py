@@ -1,0 +1,41 @@
+"""Logging for habla processes (the server, the CLI, engine workers): quiet Rasa's
+import-time noise, one format."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+
+def quiet_imports() -> None:
+    """Rasa's dependencies warn loudly at import; none of it is actionable by authors."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    warnings.filterwarnings("ignore", message="Slot auto-fill has been removed")
+    warnings.filterwarnings("ignore", message="Deprecated API features detected")
+
+
+def configure_logging(level: str) -> None:
+    quiet_imports()
+    # record (not print) what these imports warn, and drop the filters they install
+    with warnings.catch_warnings(record=True):
+        import rasa.api  # TensorFlow, Keras, Sanic, matplotlib...
+        import rasa.core.agent  # noqa: F401
+
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    noisy = ("rasa", "tensorflow", "absl", "matplotlib", "urllib3", "twilio.http_client")
+    quiet = max(logging.WARNING, logging.getLogger().level)
+    for name in noisy:
+        logging.getLogger(name).setLevel(quiet)
+    from rasa.utils.log_utils import configure_structlog
+
+    configure_structlog(quiet)  # Rasa's structlog events otherwise print at DEBUG

@@ -1,0 +1,267 @@
+"""The turn: retried when a failure is transient, never silent when it fails for good,
+safe to cancel (the inbox is always settled), and a spoken choice picks a button."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from runtime.coordination import InProcessLocks, LockTimeout, SQLiteChoices, SQLiteInbox
+from runtime.deliveries import DeliveryLog
+from runtime.errors import PermanentError, TransientError, classify, error_for_status
+from runtime.messages import BotReply, Button, Delivery, InboundMessage
+from runtime.output import OutputChannel
+from runtime.settings import Settings
+from runtime.sqlite import SQLite
+from runtime.turn import Deliver, Dialogue, RetryPolicy, Turn, TurnContext, match_choice
+from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
+from tests.fakes.twilio_api import FakeTwilioAPI
+from voice.audio import pcm_to_ogg_opus
+from voice.stt.base import SpeechToText, Transcript
+
+FAST = RetryPolicy(attempts=3, backoff_s=0.0)
+
+
+class Collect(OutputChannel):
+    def __init__(self) -> None:
+        self.sent: list[BotReply] = []
+
+    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+        self.sent.append(reply)
+        return [Delivery(ok=True, provider_id=f"m{len(self.sent)}")]
+
+
+class Engine:
+    """A dialogue engine that fails as scripted, then answers."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+        self.entered = asyncio.Event()
+        self.hold: asyncio.Event | None = None
+
+    async def handle(self, msg: InboundMessage) -> list[BotReply]:
+        self.calls += 1
+        self.entered.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.failures:
+            raise self.failures.pop(0)
+        return [BotReply(text=f"you said {msg.text}")]
+
+
+class Gate:
+    """A stage before the dialogue that waits until released (to cancel in it)."""
+
+    def __init__(self) -> None:
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, ctx: TurnContext) -> TurnContext:
+        self.entered.set()
+        await self.release.wait()
+        return ctx
+
+
+async def error_reply(ctx: TurnContext) -> tuple[BotReply, ...]:
+    return (BotReply(text=f"sorry ({ctx.language or 'en'})"),)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Any:
+    db = SQLite(tmp_path / "t.sqlite3")
+    yield db
+    await db.close()
+
+
+async def make_turn(db: SQLite, engine: Engine, *before: Any, locks: Any = None) -> Any:
+    inbox, choices, log = SQLiteInbox(db, 86400), SQLiteChoices(db), DeliveryLog(db)
+    for store in (inbox, choices, log):
+        await store.setup()
+    turn = Turn(
+        [*before, Dialogue(engine)],
+        [Deliver(log, choices)],
+        locks or InProcessLocks(),
+        inbox,
+        retry=FAST,
+        error_reply=error_reply,
+    )
+    return turn, inbox
+
+
+def message(text: str = "hola", mid: str = "SM1") -> InboundMessage:
+    return InboundMessage(channel="t", conversation_id="+34600111222", message_id=mid, text=text)
+
+
+async def test_a_transient_failure_is_retried_and_answered_once(db: SQLite) -> None:
+    engine = Engine(TransientError("engine worker exited"))
+    turn, inbox = await make_turn(db, engine)
+    out, msg = Collect(), message()
+    assert await inbox.accept(msg)
+    ctx = await turn.run(msg, out)
+    assert engine.calls == 2 and not ctx.failed
+    assert [r.text for r in out.sent] == ["you said hola"]
+    assert await inbox.pending() == []
+
+
+async def test_a_turn_that_fails_for_good_tells_the_user(db: SQLite) -> None:
+    # before: any exception left the user with no answer at all
+    engine = Engine(*(TransientError("down") for _ in range(3)))
+    turn, inbox = await make_turn(db, engine)
+    out, msg = Collect(), message()
+    await inbox.accept(msg)
+    ctx = await turn.run(msg, out)
+    assert engine.calls == 3 and ctx.failed
+    assert [r.text for r in out.sent] == ["sorry (en)"]
+    row = await db.fetchall("SELECT status FROM inbox WHERE message_id = ?", ("SM1",))
+    assert row == [("failed",)]
+
+    engine = Engine(PermanentError("bad request"))  # permanent: not retried
+    turn, inbox = await make_turn(db, engine)
+    out = Collect()
+    ctx = await turn.run(message(mid="SM2"), out)
+    assert engine.calls == 1 and [r.text for r in out.sent] == ["sorry (en)"]
+
+
+async def test_a_lock_that_times_out_is_retried(db: SQLite) -> None:
+    class FlakyLocks(InProcessLocks):
+        failures = 1
+
+        def lock(self, conversation_id: str) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise LockTimeout("held elsewhere")
+            return super().lock(conversation_id)
+
+    engine = Engine()
+    turn, _ = await make_turn(db, engine, locks=FlakyLocks())
+    out = Collect()
+    await turn.run(message(), out)
+    assert [r.text for r in out.sent] == ["you said hola"]
+
+
+async def test_cancelled_before_the_dialogue_the_message_stays_pending(db: SQLite) -> None:
+    gate, engine = Gate(), Engine()
+    turn, inbox = await make_turn(db, engine, gate)
+    msg = message()
+    await inbox.accept(msg)
+    task = asyncio.create_task(turn.run(msg, Collect()))
+    await gate.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.calls == 0
+    assert [m.message_id for m in await inbox.pending()] == ["SM1"]  # processed on resume
+
+
+async def test_cancelled_after_the_dialogue_ran_it_is_settled_not_redone(db: SQLite) -> None:
+    engine = Engine()
+    engine.hold = asyncio.Event()
+    turn, inbox = await make_turn(db, engine)
+    msg = message()
+    await inbox.accept(msg)
+    task = asyncio.create_task(turn.run(msg, Collect()))
+    await engine.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await inbox.pending() == []  # settled: never run twice
+    row = await db.fetchall("SELECT status FROM inbox WHERE message_id = ?", ("SM1",))
+    assert row == [("cancelled",)]
+
+
+async def test_answer_runs_without_delivering(db: SQLite) -> None:
+    engine = Engine()
+    turn, _ = await make_turn(db, engine)
+    out = Collect()
+    ctx = await turn.answer(message("two"), out)
+    assert [r.text for r in ctx.replies] == ["you said two"] and out.sent == []
+
+
+def test_one_error_vocabulary() -> None:
+    for status in (408, 425, 429, 500, 503):
+        assert error_for_status(status, "x").transient, status
+    for status in (400, 401, 403, 404, 409, 422):
+        assert not error_for_status(status, "x").transient, status
+    assert error_for_status(429, "x", "7").retry_after == 7.0
+    assert classify(asyncio.TimeoutError()).transient
+    assert classify(ConnectionRefusedError()).transient
+    assert not classify(KeyError("x")).transient
+
+    class GrpcLike(Exception):
+        def code(self) -> Any:
+            return type("Code", (), {"name": "UNAVAILABLE"})()
+
+    assert classify(GrpcLike()).transient
+    assert isinstance(LockTimeout("x"), TransientError)
+
+
+@pytest.mark.parametrize(
+    ("text", "index"),
+    [("2", 1), ("2.", 1), ("two", 1), ("Dos.", 1), ("the second one", 1), ("dois", 1),
+     ("la tercera", 2), ("Three!", 2), ("four", None), ("two or three", None), ("hola", None)],
+)  # fmt: skip
+def test_a_choice_by_number_or_word(text: str, index: int | None) -> None:
+    offered = [Button("Horario", "/a"), Button("Envíos", "/b"), Button("Hablar", "/c")]
+    expected = offered[index] if index is not None else None
+    assert match_choice(text, offered) == expected
+    assert match_choice("envios", offered) == offered[1]
+
+
+# ---------------------------------------------------------------- over the wire
+
+
+class ScriptedSTT(SpeechToText):
+    """A custom engine loaded by dotted path (HABLA_STT=tests.test_turn.ScriptedSTT)."""
+
+    name: ClassVar[str] = "scripted"
+    says: ClassVar[list[str]] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScriptedSTT:
+        return cls()
+
+    async def transcribe(
+        self, audio: bytes, content_type: str, languages: Sequence[str]
+    ) -> Transcript:
+        return Transcript(self.says.pop(0), "es", 0.95, 2.0, self.name, 0.99)
+
+
+async def test_a_spoken_number_picks_the_numbered_choice(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, tmp_path: Path
+) -> None:
+    # before: ResolveChoice ran before Transcribe, so a spoken "dos" never matched
+    env = base_env(tmp_path / "d", twilio_api.url) | {
+        "HABLA_STT": "tests.test_turn.ScriptedSTT",
+        "HABLA_TTS": "off",
+    }
+    client, runtime = await make_server(env=env)
+    user = "+34600999888"
+
+    async def send(body: str, **fields: str) -> list[str]:
+        before = len(twilio_api.sent)
+        resp = await post_twilio(client, whatsapp_form(body, user=user, **fields))
+        assert resp.status == 200
+        assert await runtime.dispatcher.wait_idle(60)
+        return [m.body for m in twilio_api.sent[before:]]
+
+    greeting = "\n".join(await send("hola"))
+    assert "1. Horario" in greeting and "2. Envíos" in greeting
+    ScriptedSTT.says[:] = ["Dos."]
+    note = await asyncio.to_thread(pcm_to_ogg_opus, np.zeros(16000, dtype=np.float32), 16000)
+    url = twilio_api.add_media(note, "audio/ogg")
+    replies = await send(
+        "", NumMedia="1", MediaUrl0=url, MediaContentType0="audio/ogg", MessageType="audio"
+    )
+    shipping = "\n".join(replies)
+    assert "Enviamos" in shipping, shipping  # the answer to /shipping, in Spanish
+
+
+def test_replace_keeps_typed_fields() -> None:
+    ctx = TurnContext(inbound=message(), output=Collect())
+    assert replace(ctx, language="es").voice_in is None
