@@ -19,7 +19,8 @@ test: lint typecheck pytest
 
 lint: $(SYNCED)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check runtime channels nlu actions i18n voice commerce bench tests
+	$(VENV)/bin/ruff format --check habla runtime channels nlu actions i18n voice commerce bench tests
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(SYNCED)
 	$(VENV)/bin/mypy

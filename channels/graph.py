@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from channels.base import MediaError, OutputChannel, download
+from runtime.errors import error_for_status
 from runtime.messages import BotReply, Button, Delivery, InboundMessage, MediaRef
 from runtime.retry import PermanentError, TransientError, with_retries
 from runtime.settings import Settings
@@ -83,9 +84,9 @@ class GraphClient:
             reason += f" ({details})"
         if code == REENGAGEMENT_CODE:
             return ReengagementRequired(reason)
-        if status == 429 or status >= 500 or code in TRANSIENT_CODES:
+        if code in TRANSIENT_CODES:
             return TransientError(reason)
-        return PermanentError(reason)
+        return error_for_status(status, reason)
 
     async def send_message(self, to: str, message: dict[str, Any]) -> str:
         """POST /{phone-number-id}/messages; returns the message's wamid."""

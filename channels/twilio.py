@@ -49,6 +49,7 @@ from channels.base import (
     download,
     public_request_url,
 )
+from runtime.errors import error_for_status
 from runtime.messages import BotReply, Delivery, InboundMessage, Location, MediaRef, mask_phone
 from runtime.retry import PermanentError, TransientError, with_retries
 from runtime.settings import Settings
@@ -209,10 +210,7 @@ class TwilioOutput(OutputChannel):
                 self.client.messages.create_async(**params), self.settings.send.timeout_s
             )
         except TwilioRestException as e:
-            reason = f"twilio {e.status} error {e.code}: {e.msg}"
-            if e.status == 429 or e.status >= 500:
-                raise TransientError(reason) from e
-            raise PermanentError(reason) from e
+            raise error_for_status(e.status, f"twilio {e.status} error {e.code}: {e.msg}") from e
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise TransientError(f"{type(e).__name__}: {e}") from e
         return str(message.sid)

@@ -7,7 +7,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from runtime.errors import HablaError, PermanentError, TransientError, classify
+from runtime.errors import HablaError, PermanentError, TransientError
 
 T = TypeVar("T")
 
@@ -46,7 +46,3 @@ async def with_retries(
             await asyncio.sleep(backoff_delay(attempt, backoff_s, max_delay_s, e.retry_after))
     raise AssertionError("unreachable")
 
-
-def as_error(exc: BaseException, provider: str = "") -> HablaError:
-    """Shorthand for :func:`runtime.errors.classify`."""
-    return classify(exc, provider)

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from commerce.catalog import Catalog, format_money, from_minor, minor_units, to_minor
 from commerce.crm.base import CRM, Contact, Deal
+from commerce.crm.hubspot import HubSpotCRM
 from commerce.orders import Order, SQLiteOrderStore
 from commerce.service import Commerce
 from runtime.settings import load_settings
@@ -115,8 +116,8 @@ async def test_yen_are_shown_charged_and_sent_to_the_crm_without_decimals(jpy_sh
     assert deal["properties"]["deal_currency_code"] == "JPY"
 
 
-class RecordingCRM(CRM):
-    """Keeps the deals it is given."""
+class RecordingCRM:
+    """Keeps the deals it is given (the two calls ``Commerce._crm_order`` makes)."""
 
     def __init__(self) -> None:
         self.deals: list[Deal] = []
@@ -124,18 +125,9 @@ class RecordingCRM(CRM):
     async def upsert_contact(self, contact: Contact) -> str:
         return "contact-1"
 
-    async def create_lead(self, contact: Contact, source: str, ref: str) -> str:
-        return "lead-1"
-
     async def upsert_deal(self, deal: Deal) -> str:
         self.deals.append(deal)
         return f"deal-{len(self.deals)}"
-
-    async def move_deal(self, ref: str, stage: str) -> str:
-        return ""
-
-    async def add_note(self, contact_id: str, text: str, ref: str, deal_ref: str = "") -> str:
-        return "note-1"
 
 
 def one_item_order(order_id: str, amount_minor: int, currency: str) -> Order:
@@ -169,7 +161,8 @@ async def test_the_crm_deal_amount_is_in_the_currencys_major_unit(
     store = SQLiteOrderStore(db)
     await store.setup()
     crm = RecordingCRM()
-    service = Commerce(load_settings(env=base_env(tmp_path / "data")), db, crm=crm, orders=store)
+    settings = load_settings(env=base_env(tmp_path / "data"))
+    service = Commerce(settings, db, crm=cast(CRM, crm), orders=store)
     await store.create(one_item_order("HB0123456789", amount_minor, currency))
 
     await service._crm_order({"order_id": "HB0123456789"})
@@ -177,6 +170,27 @@ async def test_the_crm_deal_amount_is_in_the_currencys_major_unit(
     [deal] = crm.deals
     assert (deal.amount, deal.currency) == (amount, currency)
     await db.close()
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "written"),
+    [("KWD", 12.345, "12.345"), ("JPY", 1200.0, "1200"), ("EUR", 12.5, "12.50")],
+)
+async def test_hubspot_gets_every_digit_of_the_deal_amount(
+    currency: str, amount: float, written: str
+) -> None:
+    fake = FakeHubSpotAPI(HUBSPOT_TOKEN, currencies=(currency,))
+    await fake.start()
+    crm = HubSpotCRM(access_token=HUBSPOT_TOKEN, host=fake.url, timeout_s=5.0)
+    try:
+        await crm.upsert_deal(
+            Deal(ref="HB0123456789", name="mug", amount=amount, currency=currency, stage="open")
+        )
+        [deal] = fake.objects("deals")
+        assert deal["properties"]["amount"] == written
+    finally:
+        await crm.close()
+        await fake.close()
 
 
 @pytest.mark.parametrize(

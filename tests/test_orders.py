@@ -380,5 +380,3 @@ async def _store(
     )
     await store.setup()
     return store
-
-

@@ -40,6 +40,7 @@ from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsA
 from hubspot.crm.objects import SearchApi
 from hubspot.crm.objects.exceptions import ApiException
 
+from commerce.catalog import minor_units
 from commerce.crm.base import CRM, Contact, Deal
 from runtime.errors import HablaError, PermanentError, TransientError, error_for_status
 from runtime.settings import Settings
@@ -168,7 +169,7 @@ class HubSpotCRM(CRM):
     async def upsert_deal(self, deal: Deal) -> str:
         properties = {
             "dealname": deal.name,
-            "amount": _amount(deal.amount),
+            "amount": _amount(deal.amount, deal.currency),
             "deal_currency_code": deal.currency.upper(),
             "dealstage": self.stage(deal.stage),
             "pipeline": self.pipeline,
@@ -304,8 +305,9 @@ def _message(body: Any) -> str:
     return str(data.get("message", "")) if isinstance(data, dict) else ""
 
 
-def _amount(amount: float) -> str:
-    return f"{amount:.2f}"
+def _amount(amount: float, currency: str) -> str:
+    """The amount with as many decimals as the currency has ("12.345" KWD, "1200" JPY)."""
+    return f"{amount:.{minor_units(currency)}f}"
 
 
 def _text(value: Any) -> str:

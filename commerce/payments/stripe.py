@@ -36,6 +36,7 @@ from commerce.payments.base import (
     check_items,
     header,
 )
+from runtime.errors import error_for_status
 from runtime.retry import PermanentError, TransientError
 from runtime.settings import Settings, SettingsError
 
@@ -266,9 +267,9 @@ def map_error(what: str, e: stripe.StripeError) -> Exception:
     if isinstance(e, stripe.RateLimitError):
         retry_after = header(e.headers or {}, "Retry-After")
         return TransientError(text, float(retry_after) if retry_after.isdigit() else None)
-    if status is None or status >= 500 or status == 409:  # 409: same key still running
+    if status is None or status == 409:  # 409: the same idempotency key is still running
         return TransientError(text)
-    return PermanentError(text)
+    return error_for_status(status, text)
 
 
 def _timestamp(signature: str) -> int:

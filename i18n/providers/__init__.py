@@ -1,4 +1,4 @@
-"""Translator adapters; importing this package fills ``i18n.translation.TRANSLATORS``."""
+"""Translator adapters (registered by name in ``runtime/providers.py`` TRANSLATORS)."""
 
 from i18n.providers.azure import AzureTranslator
 from i18n.providers.deepl import DeepLTranslator
