@@ -109,9 +109,12 @@ class Translator(ABC):
         self.timeout_s = settings.send.timeout_s
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Translator:
-        """Build from the settings (registered in runtime/providers.py TRANSLATORS)."""
-        return cls(settings)
+    def from_settings(
+        cls, settings: Settings, session: aiohttp.ClientSession | None = None
+    ) -> Translator:
+        """Build from the settings (registered in runtime/providers.py TRANSLATORS);
+        ``session``: a shared aiohttp session (tests inject theirs)."""
+        return cls(settings, session)
 
     async def start(self) -> None:
         """Open connections (inside the running event loop)."""

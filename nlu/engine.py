@@ -100,7 +100,7 @@ class RasaEngine(Engine):
         install_parse_cache(self.agent.processor, self.parse_cache)
         logger.info("loaded model %s", self.model_path.name)
 
-    def bind_services(self, dependencies: Mapping[str, object]) -> None:  # noqa: B027
+    def bind_services(self, dependencies: Mapping[str, object]) -> None:
         executor = getattr(self.action_endpoint, "executor", None)
         if executor is not None:
             from nlu.actions import inject

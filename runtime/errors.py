@@ -8,9 +8,9 @@ mapping from the outside world's failures is written once, here:
   ``Retry-After`` (seconds or an HTTP date) is kept on the error;
 - a gRPC status code by name (:func:`error_for_grpc`): UNAVAILABLE, DEADLINE_EXCEEDED,
   RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN are transient;
-- any exception (:func:`classify`): timeouts and refused or reset connections are
-  transient; an SDK exception carrying an HTTP status or a gRPC code is mapped by it;
-  anything else is permanent.
+- any exception (:func:`classify`): timeouts, refused or reset connections and a
+  briefly locked SQLite file are transient; an SDK exception carrying an HTTP status
+  or a gRPC code is mapped by it; anything else is permanent.
 
 Adapters only add their provider's own codes (Meta's 130429, Azure's cancellation
 reasons) on top of this.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import sqlite3
 import time
 from typing import Any
 
@@ -160,9 +161,17 @@ def classify(exc: BaseException, provider: str = "") -> HablaError:
     status = _status_of(exc)
     if status is not None:
         return error_for_status(status, reason, _retry_after_of(exc))
-    if isinstance(exc, _NETWORK) or _is_network_error(exc):
+    if isinstance(exc, _NETWORK) or _is_network_error(exc) or _is_busy_database(exc):
         return TransientError(reason)
     return PermanentError(reason)
+
+
+def _is_busy_database(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / "busy": another process holds the file briefly."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
+    return False
 
 
 def _is_network_error(exc: BaseException) -> bool:

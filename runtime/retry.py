@@ -45,4 +45,3 @@ async def with_retries(
                 raise
             await asyncio.sleep(backoff_delay(attempt, backoff_s, max_delay_s, e.retry_after))
     raise AssertionError("unreachable")
-

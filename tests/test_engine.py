@@ -9,9 +9,9 @@ import pytest
 from jsonschema import ValidationError
 from rasa.core.actions.action import RemoteAction
 
+from habla.wiring import worker_engine
 from nlu.engine import RasaEngine
 from nlu.parse_cache import install_parse_cache
-from habla.wiring import worker_engine
 from nlu.pool import WorkerPoolEngine
 from runtime.messages import InboundMessage
 from runtime.settings import load_settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rasa.core.tracker_store import TrackerStore
@@ -44,7 +45,7 @@ def test_every_registered_provider_loads_and_builds_itself(registry: Registry) -
     base = BASES[registry.family]
     assert registry.names, registry.family
     for name in registry:
-        cls = registry.load(name, base)
+        cls: Any = registry.load(name, base)
         assert issubclass(cls, base)
         builder = inspect.getattr_static(cls, "from_settings", None)
         assert builder is not None, f"{cls.__name__} has no from_settings"

@@ -486,13 +486,14 @@ def test_registry_and_factory() -> None:
         "libretranslate": LibreTranslateTranslator,
     }
     for name in TRANSLATORS:
-        cls = TRANSLATORS.load(name)
+        cls: Any = TRANSLATORS.load(name)
         translator = build_translator(
             settings_for(
                 name, "127.0.0.1:1" if name == "google" else "http://x", google_project="p"
             )
         )
-        assert type(translator) is cls and translator.name == name
+        assert translator is not None and type(translator) is cls
+        assert translator.name == name
 
 
 # ---------------------------------------------------------------- caching

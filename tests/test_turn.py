@@ -4,6 +4,7 @@ safe to cancel (the inbox is always settled), and a spoken choice picks a button
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -198,6 +199,8 @@ def test_one_error_vocabulary() -> None:
             return type("Code", (), {"name": "UNAVAILABLE"})()
 
     assert classify(GrpcLike()).transient
+    assert classify(sqlite3.OperationalError("database is locked")).transient
+    assert not classify(sqlite3.OperationalError("no such table: x")).transient
     assert isinstance(LockTimeout("x"), TransientError)
 
 
