@@ -22,6 +22,7 @@ from runtime.errors import MediaError, is_transient_status
 from runtime.messages import BotReply, InboundMessage
 from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
 from runtime.settings import Settings
+from runtime.turn import TurnContext
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ class ChannelServices:
     """The conversation key for a channel and a sender's address (E.164 or id)."""
     last_inbound: Callable[[str, str], Awaitable[float | None]]
     """When a conversation last wrote on a channel (epoch seconds), if known."""
+    converse: Callable[[InboundMessage, OutputChannel], Awaitable[TurnContext]]
+    """Run a whole turn now and return its context (replies, language, failure)."""
+    language: Callable[[str], Awaitable[str | None]]
+    """A conversation's current language, if it has one."""
+    responses: Callable[[str], dict[str, str]]
+    """A domain response's text per language ("" for the unconditioned one)."""
 
 
 class InputChannel(ABC):

@@ -28,7 +28,7 @@ from runtime.dispatch import Dispatcher
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, BotReply, InboundMessage, mask_phone
 from runtime.settings import Settings
-from runtime.turn import Turn
+from runtime.turn import Turn, TurnContext
 from voice.stages import trigger
 from voice.stt.base import SpeechToText
 from voice.tts.base import TextToSpeech
@@ -73,7 +73,11 @@ class Runtime:
             delivery_status=self.deliveries.status,
             conversation_id=self.conversation_id,
             last_inbound=self.last_inbound,
+            converse=self.converse,
+            language=self.language,
+            responses=self.responses,
         )
+        self._responses: dict[str, dict[str, str]] = {}
         self.channels: dict[str, InputChannel]
         self.channels, self.closed_channels = wiring.build_channels(settings, services)
 
@@ -240,6 +244,27 @@ class Runtime:
     async def run_turn(self, msg: InboundMessage, output: OutputChannel) -> list[BotReply]:
         ctx = await self.turn.run(msg, output)
         return list(ctx.replies)
+
+    async def converse(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
+        return await self.turn.run(msg, output)
+
+    async def language(self, conversation_id: str) -> str | None:
+        if self.stores is None:
+            return None
+        language, _ = await self.stores.languages.get(conversation_id)
+        return language
+
+    def responses(self, name: str) -> dict[str, str]:
+        """A domain response's texts by language (read once per name)."""
+        if name not in self._responses:
+            try:
+                self._responses[name] = wiring.authored_texts(
+                    self.settings.path(self.settings.bot.dir), name
+                )
+            except Exception:
+                logger.warning("the domain could not be read for %s", name, exc_info=True)
+                return {}
+        return self._responses[name]
 
     async def close(self) -> None:
         await self.dispatcher.close()

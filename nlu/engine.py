@@ -8,6 +8,7 @@ without touching channels or the turn.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import warnings
 from abc import ABC, abstractmethod
@@ -114,11 +115,11 @@ class RasaEngine(Engine):
         self.agent.processor.tracker_store = tracker_store
 
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
-        from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+        from rasa.core.channels.channel import UserMessage
 
         if msg.slots:
             await self._set_slots(msg.conversation_id, msg.slots)
-        output = CollectingOutputChannel()
+        output = collecting_output(msg.channel)
         user_message = UserMessage(
             text=msg.button_payload or msg.text,
             output_channel=output,
@@ -145,3 +146,27 @@ class RasaEngine(Engine):
             for event in events:
                 tracker.update(event)
             await self.tracker_store.save(tracker)
+
+
+
+@functools.cache
+def _collector_class() -> Any:
+    from rasa.core.channels.channel import CollectingOutputChannel
+
+    class Collector(CollectingOutputChannel):
+        """Collects the replies under the name of the channel the message came from,
+        so responses can have channel-specific variations (``channel: twilio_voice``)."""
+
+        def __init__(self, channel: str) -> None:
+            super().__init__()
+            self.channel = channel
+
+        def name(self) -> str:
+            return self.channel
+
+    return Collector
+
+
+def collecting_output(channel: str) -> Any:
+    """Rasa's collecting output channel, named after ``channel``."""
+    return _collector_class()(channel)

@@ -18,6 +18,7 @@ CHANNELS = Registry(
         "rest": "channels.rest:RestChannel",
         "twilio": "channels.twilio:TwilioChannel",
         "whatsapp": "channels.whatsapp:WhatsAppChannel",
+        "twilio_voice": "channels.twilio_voice:TwilioVoiceChannel",
     },
 )
 

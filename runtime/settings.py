@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ class ServerSettings:
         "Empty: the URL of the incoming request.",
     )
     channels: str = setting(
-        "rest,twilio,whatsapp",
+        "rest,twilio,whatsapp,twilio_voice",
         "HABLA_CHANNELS",
         "Comma-separated channels to serve (built-in names, or a dotted path to a "
         "custom InputChannel class).",
@@ -332,6 +333,57 @@ class WhatsAppSettings:
 
 
 @dataclass(frozen=True)
+class CallSettings:
+    mode: str = setting(
+        "gather",
+        "HABLA_CALL_MODE",
+        "How calls to a Twilio number are handled: gather (Twilio recognises speech and "
+        "speaks with its voices; habla understands and answers).",
+        choices=("gather",),
+    )
+    voices: str = setting(
+        "en=Polly.Joanna-Neural,es=Polly.Lucia-Neural,pt=Polly.Camila-Neural",
+        "HABLA_CALL_VOICES",
+        "Twilio <Say> voice per language (lang=voice, comma-separated; Polly or Google "
+        "voices). A language not listed uses Twilio's default voice for it.",
+    )
+    speech_model: str = setting(
+        "phone_call",
+        "HABLA_CALL_SPEECH_MODEL",
+        "<Gather speechModel> (empty: Twilio chooses). phone_call is tuned for calls.",
+    )
+    speech_timeout: str = setting(
+        "auto",
+        "HABLA_CALL_SPEECH_TIMEOUT",
+        "<Gather speechTimeout>: auto (the recognizer decides the caller finished) or "
+        "seconds of silence.",
+    )
+    input_timeout_s: int = setting(
+        5,
+        "HABLA_CALL_INPUT_TIMEOUT_S",
+        "Seconds of silence before the caller is asked again (then the call ends).",
+    )
+    hold_after_s: float = setting(
+        8.0,
+        "HABLA_CALL_HOLD_AFTER_S",
+        "A turn slower than this answers with a hold message and picks its result up "
+        "afterwards (Twilio waits at most 15 s for a webhook).",
+    )
+    hints: str = setting(
+        "",
+        "HABLA_CALL_HINTS",
+        "Extra words the recognizer should expect (comma-separated); the buttons on "
+        "offer are always hinted.",
+    )
+    transfer_number: str = setting(
+        "",
+        "HABLA_CALL_TRANSFER_NUMBER",
+        "E.164 number a call is transferred to when the bot hands over to a person "
+        "(a reply with custom: {call: transfer}). Empty: the bot says so and goes on.",
+    )
+
+
+@dataclass(frozen=True)
 class RestSettings:
     token: str = setting(
         "",
@@ -577,6 +629,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     twilio: TwilioSettings = field(default_factory=TwilioSettings)
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
+    call: CallSettings = field(default_factory=CallSettings)
     rest: RestSettings = field(default_factory=RestSettings)
     send: SendSettings = field(default_factory=SendSettings)
     voice: VoiceSettings = field(default_factory=VoiceSettings)
@@ -641,6 +694,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "twilio": TwilioSettings,
     "whatsapp": WhatsAppSettings,
+    "call": CallSettings,
     "rest": RestSettings,
     "send": SendSettings,
     "voice": VoiceSettings,
@@ -773,6 +827,15 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"HABLA_TRANSLATOR_KEY is required for the {s.i18n.translator} translator")
     if s.i18n.translator == "google" and not s.i18n.google_project:
         problems.append("HABLA_GOOGLE_PROJECT is required for the google translator")
+    if s.call.transfer_number and not re.fullmatch(r"\+[1-9]\d{6,14}", s.call.transfer_number):
+        problems.append("call.transfer_number (HABLA_CALL_TRANSFER_NUMBER): an E.164 number")
+    if not 1 <= s.call.input_timeout_s <= 60 or not 1 <= s.call.hold_after_s <= 13:
+        problems.append("call: input_timeout_s 1-60 and hold_after_s 1-13 (Twilio waits 15 s)")
+    if s.call.speech_timeout != "auto" and not s.call.speech_timeout.isdigit():
+        problems.append("call.speech_timeout (HABLA_CALL_SPEECH_TIMEOUT): auto or seconds")
+    for item in filter(None, (p.strip() for p in s.call.voices.split(","))):
+        if "=" not in item:
+            problems.append(f"call.voices (HABLA_CALL_VOICES): {item!r} is not lang=voice")
     if not 1 <= s.turn.attempts <= 10 or s.turn.backoff_s < 0:
         problems.append("turn.attempts (HABLA_TURN_ATTEMPTS) 1-10, turn.backoff_s >= 0")
     if s.store.tracker_cache < 0:

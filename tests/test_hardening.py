@@ -34,6 +34,7 @@ from commerce.payments.stripe import StripePayments
 from commerce.webhook import PaymentWebhook
 from runtime.messages import BotReply, InboundMessage
 from runtime.settings import load_settings
+from runtime.turn import TurnContext
 from runtime.wire import WireError, loads_bounded, parse_form
 from tests.conftest import (
     ACCOUNT_SID,
@@ -90,6 +91,13 @@ class Recorder:
         async def last_inbound(channel: str, conversation_id: str) -> float | None:
             return None
 
+        async def converse(msg: InboundMessage, output: OutputChannel) -> TurnContext:
+            self.turns.append(msg)
+            return TurnContext(inbound=msg, output=output)
+
+        async def language(conversation_id: str) -> str | None:
+            return None
+
         return ChannelServices(
             settings=load_settings(env=base_env(data_dir) | env),
             accept=accept,
@@ -97,6 +105,9 @@ class Recorder:
             delivery_status=delivery_status,
             conversation_id=lambda channel, address: address,
             last_inbound=last_inbound,
+            converse=converse,
+            language=language,
+            responses=lambda name: {},
         )
 
     @property

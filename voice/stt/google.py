@@ -40,9 +40,9 @@ from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOT
 from runtime.errors import is_transient_status
 from runtime.settings import Settings
 from voice.audio import ogg_opus_duration
-from voice.locales import LOCALES as BASE_LOCALES
-from voice.locales import to_language
-from voice.locales import to_locale as _to_locale
+from runtime.locales import LOCALES as BASE_LOCALES
+from runtime.locales import to_language
+from runtime.locales import to_locale as _to_locale
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
 # Google names Mandarin differently; the rest is the shared table

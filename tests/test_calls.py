@@ -1,0 +1,186 @@
+"""Phone calls in gather mode, over the wire: a fake of Twilio's side of the call posts
+signed webhooks and follows the TwiML habla answers with."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from habla.server import Runtime
+from runtime.messages import BotReply, InboundMessage
+from runtime.turn import Dialogue
+from tests.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    PUBLIC_URL,
+    ServerFactory,
+    post_twilio,
+    whatsapp_form,
+)
+from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.fakes.twilio_call import FakeCall
+
+CALLER = "+34600444555"
+TWILIO = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+
+
+@pytest.fixture
+async def server(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI
+) -> tuple[TestClient, Runtime]:
+    return await make_server(env=TWILIO | {"HABLA_TWILIO_API_BASE": twilio_api.url})
+
+
+def call(client: TestClient, caller: str = CALLER, sid: str = "1") -> FakeCall:
+    return FakeCall(client, PUBLIC_URL, AUTH_TOKEN, caller, call_sid="CA" + sid.rjust(32, "0"))
+
+
+async def test_an_english_call_by_voice_and_keypad(server: tuple[TestClient, Runtime]) -> None:
+    client, runtime = server
+    caller = call(client)
+    greeting = await caller.start()
+    assert "Hi! I'm the shop assistant" in greeting.text
+    assert "For Opening hours, press 1. For Shipping, press 2." in greeting.text
+    gather = greeting.gather
+    assert gather is not None
+    assert gather["input"] == "speech dtmf" and gather["language"] == "en-US"
+    assert gather["speechTimeout"] == "auto" and gather["speechModel"] == "phone_call"
+    assert "Opening hours" in gather["hints"] and "Shipping" in gather["hints"]
+    assert greeting.said[0].voice == "Polly.Joanna-Neural"
+    assert greeting.redirect.endswith("step=silence&n=1&s=0")
+
+    hours = await caller.press("1")  # the keypad picks the first button
+    assert "We're open Monday to Friday" in hours.text and hours.gather is not None
+
+    again = await caller.say("hello")
+    assert "For Shipping, press 2." in again.text
+    shipping = await caller.say("Two.")  # so does saying its number
+    assert "ship" in shipping.text.lower() and "Monday" not in shipping.text
+
+    bye = await caller.say("goodbye")
+    assert "Thanks for calling" in bye.text and bye.hangup and bye.gather is None
+    assert await caller.hang_up() == 204
+
+    stored = await runtime.engine.tracker_store.retrieve(CALLER)  # type: ignore[union-attr]
+    said = [e.text for e in stored.events if type(e).__name__ == "UserUttered"]
+    assert said[:2] == ["/greet", "/opening_hours"]  # the digit became the button's payload
+
+
+async def test_a_caller_continues_their_whatsapp_conversation_in_its_language(
+    server: tuple[TestClient, Runtime], twilio_api: FakeTwilioAPI
+) -> None:
+    client, runtime = server
+    resp = await post_twilio(client, whatsapp_form("hola, ¿a qué hora abrís?", user=CALLER))
+    assert resp.status == 200
+    assert await runtime.dispatcher.wait_idle(60)
+    assert "Abrimos" in twilio_api.to(f"whatsapp:{CALLER}")[-1].body
+
+    greeting = await call(client).start()  # the same number: the same conversation
+    assert "¡Hola! Soy el asistente" in greeting.text
+    assert "Para Horario, pulse 1." in greeting.text
+    assert greeting.gather is not None and greeting.gather["language"] == "es-ES"
+    assert greeting.said[0].voice == "Polly.Lucia-Neural"
+
+
+async def test_a_language_switch_changes_the_next_gather(
+    server: tuple[TestClient, Runtime],
+) -> None:
+    client, _ = server
+    caller = call(client, "+34600444666", "2")
+    assert (await caller.start()).gather["language"] == "en-US"  # type: ignore[index]
+    answer = await caller.say("hola, ¿cuál es el horario de la tienda?")
+    assert "Abrimos" in answer.text
+    assert answer.gather is not None and answer.gather["language"] == "es-ES"
+    assert answer.said[0].language == "es-ES"
+
+
+async def test_silence_reprompts_once_then_says_goodbye(
+    server: tuple[TestClient, Runtime],
+) -> None:
+    client, _ = server
+    caller = call(client, "+34600444777", "3")
+    await caller.start()
+    again = await caller.silence()
+    assert "Are you still there?" in again.text and again.gather is not None
+    end = await caller.silence()
+    assert "Goodbye" in end.text and end.hangup
+
+
+async def test_a_withheld_number_gets_a_conversation_of_its_own(
+    server: tuple[TestClient, Runtime],
+) -> None:
+    client, runtime = server
+    caller = call(client, "anonymous", "4")
+    await caller.start()
+    await caller.say("when are you open?")
+    assert "Monday" in caller.last.text
+    tracker = await runtime.engine.tracker_store.retrieve(f"call:{caller.call_sid}")  # type: ignore[union-attr]
+    assert tracker is not None and len(tracker.events) > 0
+
+
+async def test_asking_for_a_person_transfers_the_call(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    client, _ = await make_server(env=TWILIO | {"HABLA_CALL_TRANSFER_NUMBER": "+34910000000"})
+    caller = call(client, "+34600444888", "5")
+    await caller.start()
+    step = await caller.say("I want to talk to a person")
+    assert "passing you to a person" in step.text
+    assert step.dial == "+34910000000" and step.gather is None
+
+    client, _ = await make_server(env=TWILIO, data_dir=tmp_path / "other")
+    caller = call(client, "+34600444889", "6")
+    await caller.start()
+    step = await caller.say("I want to talk to a person")  # no number: said, call goes on
+    assert "passing you to a person" in step.text and not step.dial
+    assert step.gather is not None
+
+
+async def test_a_slow_turn_holds_the_caller_and_answers_afterwards(
+    make_server: ServerFactory,
+) -> None:
+    client, runtime = await make_server(env=TWILIO | {"HABLA_CALL_HOLD_AFTER_S": "1"})
+    release = asyncio.Event()
+    dialogue = next(s for s in runtime.turn.answer_stages if isinstance(s, Dialogue))
+    engine = dialogue.engine
+
+    class Slow:
+        async def handle(self, msg: InboundMessage) -> list[BotReply]:
+            await release.wait()
+            return await engine.handle(msg)
+
+    dialogue.engine = Slow()
+    caller = call(client, "+34600444999", "7")
+    hold = await caller.start()
+    assert "One moment, please." in hold.text and "step=wait" in hold.redirect
+    release.set()
+    greeting = await caller.silence()  # follows the redirect, as Twilio does
+    assert "Hi! I'm the shop assistant" in greeting.text
+
+
+@pytest.mark.parametrize("signature", ["", "bad"])
+async def test_forged_or_unsigned_calls_are_refused(
+    server: tuple[TestClient, Runtime], signature: str
+) -> None:
+    client, runtime = server
+    caller = call(client, "+34600111999", "8")
+    params: dict[str, Any] = caller._params(CallStatus="ringing")
+    status = await caller.post("/webhooks/twilio_voice/webhook", params, signature=signature)
+    assert status == 403 and caller.steps == []
+    assert await runtime.engine.tracker_store.retrieve("+34600111999") is None  # type: ignore[union-attr]
+
+
+async def test_without_twilio_secrets_the_voice_webhook_is_closed(
+    make_server: ServerFactory,
+) -> None:
+    client, runtime = await make_server()
+    assert "twilio_voice" in runtime.closed_channels
+    caller = call(client)
+    status = await caller.post(
+        "/webhooks/twilio_voice/webhook", caller._params(CallStatus="ringing")
+    )
+    assert status == 403
