@@ -148,7 +148,6 @@ class RasaEngine(Engine):
             await self.tracker_store.save(tracker)
 
 
-
 @functools.cache
 def _collector_class() -> Any:
     from rasa.core.channels.channel import CollectingOutputChannel

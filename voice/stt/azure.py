@@ -37,8 +37,8 @@ from typing import Any
 import azure.cognitiveservices.speech as speechsdk
 import imageio_ffmpeg
 
-from runtime.settings import Settings, SettingsError
 from runtime.locales import to_locale
+from runtime.settings import Settings, SettingsError
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
 MAX_LID_LANGUAGES = 4  # at-start language identification takes up to four candidates

@@ -38,11 +38,11 @@ from google.cloud import speech_v1
 from google.cloud.speech_v1.services.speech.transports import SpeechGrpcAsyncIOTransport
 
 from runtime.errors import is_transient_status
-from runtime.settings import Settings
-from voice.audio import ogg_opus_duration
 from runtime.locales import LOCALES as BASE_LOCALES
 from runtime.locales import to_language
 from runtime.locales import to_locale as _to_locale
+from runtime.settings import Settings
+from voice.audio import ogg_opus_duration
 from voice.stt.base import SpeechError, SpeechToText, Transcript
 
 # Google names Mandarin differently; the rest is the shared table
