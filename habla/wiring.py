@@ -38,7 +38,7 @@ from runtime.coordination import Coordination
 from runtime.deliveries import DeliveryLog
 from runtime.media import MediaHost
 from runtime.messages import BotReply
-from runtime.registry import UnknownProvider
+from runtime.registry import Registry, UnknownProvider
 from runtime.settings import Settings, SettingsError
 from runtime.sqlite import SQLite
 from runtime.turn import (
@@ -65,11 +65,17 @@ def database(settings: Settings) -> SQLite:
 # ---------------------------------------------------------------- providers
 
 
-def _load(registry: Any, name: str, base: type) -> Any:
+def _load(registry: Registry, name: str, base: type) -> Any:
+    """The class a setting names (a bad name is a settings error)."""
     try:
         return registry.load(name, base)
     except UnknownProvider as e:
         raise SettingsError([str(e)]) from e
+
+
+def _chosen(registry: Registry, name: str, base: type) -> Any:
+    """Like :func:`_load`, or None when the setting chooses none (``""``, ``off``)."""
+    return None if registry.is_off(name) else _load(registry, name, base)
 
 
 async def build_coordination(settings: Settings, db: SQLite) -> Coordination:
@@ -85,17 +91,13 @@ def build_tracker_store(settings: Settings, db: SQLite) -> Any:
 
 
 def build_stt(settings: Settings) -> SpeechToText | None:
-    name = settings.voice.stt
-    if providers.STT.is_off(name):
-        return None
-    return _load(providers.STT, name, SpeechToText).from_settings(settings)
+    cls = _chosen(providers.STT, settings.voice.stt, SpeechToText)
+    return cls.from_settings(settings) if cls else None
 
 
 def build_tts(settings: Settings) -> TextToSpeech | None:
-    name = settings.voice.tts
-    if providers.TTS.is_off(name):
-        return None
-    return _load(providers.TTS, name, TextToSpeech).from_settings(settings)
+    cls = _chosen(providers.TTS, settings.voice.tts, TextToSpeech)
+    return cls.from_settings(settings) if cls else None
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -107,25 +109,18 @@ def build_translator(
     settings: Settings, session: aiohttp.ClientSession | None = None
 ) -> Translator | None:
     """The configured translator (not started), or None when none is set."""
-    name = settings.i18n.translator
-    if providers.TRANSLATORS.is_off(name):
-        return None
-    cls = _load(providers.TRANSLATORS, name, Translator)
-    return cls.from_settings(settings, session)
+    cls = _chosen(providers.TRANSLATORS, settings.i18n.translator, Translator)
+    return cls.from_settings(settings, session) if cls else None
 
 
 def build_crm(settings: Settings) -> CRM | None:
-    name = settings.commerce.crm
-    if providers.CRMS.is_off(name):
-        return None
-    return _load(providers.CRMS, name, CRM).from_settings(settings)
+    cls = _chosen(providers.CRMS, settings.commerce.crm, CRM)
+    return cls.from_settings(settings) if cls else None
 
 
 def build_payments(settings: Settings) -> Payments | None:
-    name = settings.commerce.payments
-    if providers.PAYMENTS.is_off(name):
-        return None
-    return _load(providers.PAYMENTS, name, Payments).from_settings(settings)
+    cls = _chosen(providers.PAYMENTS, settings.commerce.payments, Payments)
+    return cls.from_settings(settings) if cls else None
 
 
 async def build_order_store(settings: Settings, db: SQLite) -> OrderStore:

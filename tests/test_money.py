@@ -17,18 +17,18 @@ from commerce.orders import Order, SQLiteOrderStore
 from commerce.service import Commerce
 from runtime.settings import load_settings
 from runtime.sqlite import SQLite
-from tests.conftest import ServerFactory, base_env, whatsapp_env
+from tests.conftest import ServerFactory, base_env
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
 from tests.test_shop import (
-    ADMIN,
     HUBSPOT_TOKEN,
     STRIPE_KEY,
     WHSEC,
     Shop,
     deal_stage,
     eventually,
+    shop_env,
     texts,
 )
 
@@ -80,18 +80,14 @@ async def jpy_shop(
     hubspot_api: FakeHubSpotAPI,
     jpy_catalog: Path,
 ) -> Shop:
-    env = whatsapp_env(graph_api.url) | {
-        "HABLA_CATALOG": str(jpy_catalog),
-        "HABLA_PAYMENTS": "stripe",
-        "STRIPE_API_KEY": STRIPE_KEY,
-        "STRIPE_WEBHOOK_SECRET": WHSEC,
-        "HABLA_STRIPE_API_BASE": stripe_api.url,
-        "HABLA_CRM": "hubspot",
-        "HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN,
-        "HABLA_HUBSPOT_HOST": hubspot_api.url,
-        "HABLA_OUTBOX_BACKOFF_S": "0.05",
-        "HABLA_ADMIN_TOKEN": ADMIN,
-    }
+    env = shop_env(
+        graph_api.url,
+        stripe_api.url,
+        HABLA_CATALOG=str(jpy_catalog),
+        HABLA_CRM="hubspot",
+        HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN,
+        HABLA_HUBSPOT_HOST=hubspot_api.url,
+    )
     client, runtime = await make_server(env=env)
     return Shop(client, runtime, graph_api, stripe_api, hubspot_api)
 

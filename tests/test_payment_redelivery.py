@@ -10,11 +10,11 @@ import pytest
 
 from commerce.orders import Order
 from runtime.retry import TransientError
-from tests.conftest import ServerFactory, whatsapp_env
+from tests.conftest import ServerFactory
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
-from tests.test_shop import ADMIN, STRIPE_KEY, USER, WHSEC, Shop, texts
+from tests.test_shop import STRIPE_KEY, USER, WHSEC, Shop, shop_env, texts
 
 
 @pytest.fixture
@@ -29,14 +29,7 @@ async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
 async def shop(
     make_server: ServerFactory, graph_api: FakeGraphAPI, stripe_api: FakeStripeAPI
 ) -> Shop:
-    env = whatsapp_env(graph_api.url) | {
-        "HABLA_PAYMENTS": "stripe",
-        "STRIPE_API_KEY": STRIPE_KEY,
-        "STRIPE_WEBHOOK_SECRET": WHSEC,
-        "HABLA_STRIPE_API_BASE": stripe_api.url,
-        "HABLA_OUTBOX_BACKOFF_S": "0.05",
-        "HABLA_ADMIN_TOKEN": ADMIN,
-    }
+    env = shop_env(graph_api.url, stripe_api.url)
     client, runtime = await make_server(env=env)
     return Shop(client, runtime, graph_api, stripe_api, FakeHubSpotAPI("unused"))
 

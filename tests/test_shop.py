@@ -116,6 +116,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
         await asyncio.sleep(0.05)
 
 
+def shop_env(graph_url: str, stripe_url: str, **extra: str) -> dict[str, str]:
+    """The shop on the Cloud API with Stripe (and whatever ``extra`` adds)."""
+    return (
+        whatsapp_env(graph_url)
+        | {
+            "HABLA_PAYMENTS": "stripe",
+            "STRIPE_API_KEY": STRIPE_KEY,
+            "STRIPE_WEBHOOK_SECRET": WHSEC,
+            "HABLA_STRIPE_API_BASE": stripe_url,
+            "HABLA_OUTBOX_BACKOFF_S": "0.05",
+            "HABLA_ADMIN_TOKEN": ADMIN,
+        }
+        | extra
+    )
+
+
 @pytest.fixture
 async def shop(
     make_server: ServerFactory,
@@ -123,17 +139,13 @@ async def shop(
     stripe_api: FakeStripeAPI,
     hubspot_api: FakeHubSpotAPI,
 ) -> Shop:
-    env = whatsapp_env(graph_api.url) | {
-        "HABLA_PAYMENTS": "stripe",
-        "STRIPE_API_KEY": STRIPE_KEY,
-        "STRIPE_WEBHOOK_SECRET": WHSEC,
-        "HABLA_STRIPE_API_BASE": stripe_api.url,
-        "HABLA_CRM": "hubspot",
-        "HUBSPOT_ACCESS_TOKEN": HUBSPOT_TOKEN,
-        "HABLA_HUBSPOT_HOST": hubspot_api.url,
-        "HABLA_OUTBOX_BACKOFF_S": "0.05",
-        "HABLA_ADMIN_TOKEN": ADMIN,
-    }
+    env = shop_env(
+        graph_api.url,
+        stripe_api.url,
+        HABLA_CRM="hubspot",
+        HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN,
+        HABLA_HUBSPOT_HOST=hubspot_api.url,
+    )
     client, runtime = await make_server(env=env)
     return Shop(client, runtime, graph_api, stripe_api, hubspot_api)
 

@@ -4,10 +4,10 @@ protocol for Azure), with a real OGG/Opus voice note made from a Spanish recordi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import subprocess
-import time
 import wave
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -224,16 +224,18 @@ async def test_google_stt_status_mapping(
     assert (await google_stt.transcribe(spanish_note, "audio/ogg", ["es"])).text == "Otra vez."
 
 
-async def test_google_refused_connection_is_transient_and_fast(spanish_note: bytes) -> None:
+async def test_google_refused_connection_is_transient_and_not_retried(
+    spanish_note: bytes,
+) -> None:
     stt = GoogleSTT(endpoint=f"127.0.0.1:{free_port()}", timeout_s=5)
-    began = time.monotonic()
     try:
+        # the guard only stops a hang; the client's own retries would end in a timeout
         with pytest.raises(SpeechError) as info:
-            await stt.transcribe(spanish_note, "audio/ogg", ["es"])
+            await asyncio.wait_for(stt.transcribe(spanish_note, "audio/ogg", ["es"]), 120)
     finally:
         await stt.close()
     assert info.value.transient
-    assert time.monotonic() - began < 3
+    assert "503" in str(info.value) and "timed out" not in str(info.value)
 
 
 async def test_google_tts_asks_for_ogg_opus_in_the_languages_voice(
