@@ -18,6 +18,7 @@ from typing import ClassVar
 import aiohttp
 from aiohttp import web
 
+from runtime.calls import CallLog
 from runtime.errors import MediaError, is_transient_status
 from runtime.messages import BotReply, InboundMessage
 from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
@@ -87,6 +88,8 @@ class ChannelServices:
     """A conversation's current language, if it has one."""
     responses: Callable[[str], dict[str, str]]
     """A domain response's text per language ("" for the unconditioned one)."""
+    calls: CallLog
+    """The record of phone calls (runtime/calls.py)."""
 
 
 class InputChannel(ABC):

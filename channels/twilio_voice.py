@@ -174,6 +174,9 @@ class TwilioVoiceChannel(TwilioChannel):
         msg = self._message(call_sid, caller, form.get("To", ""), step)
         if step.step == "start":
             logger.info("call %s from %s", call_sid, mask_phone(caller) or "a withheld number")
+            await self.services.calls.started(
+                call_sid, msg.conversation_id, self.name, "gather", msg.sender
+            )
             return await self._turn(msg, step, "/greet")
         if step.step == "wait":
             return await self._wait(msg, step)
@@ -189,7 +192,10 @@ class TwilioVoiceChannel(TwilioChannel):
         call_sid, status = form.get("CallSid", ""), form.get("CallStatus", "")
         if not call_sid or not status:
             raise web.HTTPBadRequest(text="missing field(s): CallSid, CallStatus")
-        logger.info("call %s %s after %s s", call_sid, status, form.get("CallDuration", "?"))
+        duration = form.get("CallDuration", "")
+        logger.info("call %s %s after %s s", call_sid, status, duration or "?")
+        seconds = float(duration) if duration.isdigit() and len(duration) < 9 else None
+        await self.services.calls.status(call_sid, status, seconds)
         if status in ("completed", "busy", "failed", "no-answer", "canceled"):
             task = self._turns.pop(call_sid, None)
             if task is not None and not task.done():
@@ -253,11 +259,25 @@ class TwilioVoiceChannel(TwilioChannel):
             return self._twiml(hold)
         self._turns.pop(call_sid, None)
         ctx = task.result()
-        return self._twiml(self.render(ctx, step.turn + 1))
+        await self.services.calls.turn(call_sid, ctx.language)
+        response = self.render(ctx, step.turn + 1)
+        action = call_action(ctx.replies)
+        if action == "hangup":
+            await self.services.calls.ending(call_sid, "bot")
+        elif action == "transfer" and self.settings.call.transfer_number:
+            await self.services.calls.ending(
+                call_sid, "transfer", self.settings.call.transfer_number
+            )
+        return self._twiml(response)
 
     async def _silence(self, msg: InboundMessage, step: CallStep) -> web.Response:
+        call_sid = msg.metadata["call"]["sid"]
+        await self.services.calls.silence(call_sid)
+        reprompt = step.silences < 1
+        if not reprompt:
+            await self.services.calls.ending(call_sid, "silence")
         language = await self._language(msg)
-        return self._respond_silence(msg, step, language, reprompt=step.silences < 1)
+        return self._respond_silence(msg, step, language, reprompt=reprompt)
 
     def _respond_silence(
         self, msg: InboundMessage, step: CallStep, language: str, *, reprompt: bool

@@ -5,7 +5,8 @@ $HABLA_ADMIN_TOKEN`` returns the user's and bot's messages (from the conversatio
 store; voice notes with their transcript, language, confidence and duration) and
 every outbound message with its delivery status trail (sent, delivered, read, failed
 with the provider's code and reason). ``GET /api/outbox[?status=failed]`` lists CRM
-and payment writes; ``GET /api/orders/{order_id}`` an order with its status history.
+and payment writes; ``GET /api/orders/{order_id}`` an order with its status history;
+``GET /api/calls`` recent phone calls and the voice minutes.
 Without a configured token it answers 403 to everything.
 """
 
@@ -13,26 +14,35 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
 from commerce.service import Commerce
+from runtime.calls import CallLog
 from runtime.deliveries import DeliveryLog
 from runtime.sqlite import SQLite
 
 
 class AdminAPI:
     def __init__(
-        self, token: str, db: SQLite, deliveries: DeliveryLog, commerce: Commerce | None = None
+        self,
+        token: str,
+        db: SQLite,
+        deliveries: DeliveryLog,
+        commerce: Commerce | None = None,
+        calls: CallLog | None = None,
     ) -> None:
         self.token, self.db, self.deliveries, self.commerce = token, db, deliveries, commerce
+        self.calls = calls
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/conversations/{conversation_id}", self.conversation),
             web.get("/api/outbox", self.outbox),
             web.get("/api/orders/{order_id}", self.order),
+            web.get("/api/calls", self.call_list),
         ]
 
     def _authorized(self, request: web.Request) -> bool:
@@ -58,7 +68,7 @@ class AdminAPI:
                 item["intent"] = (event.get("parse_data") or {}).get("intent", {}).get("name")
                 item["channel"] = event.get("input_channel")
                 meta = event.get("metadata") or {}
-                for key in ("voice", "language"):
+                for key in ("voice", "language", "call"):
                     if key in meta:
                         item[key] = meta[key]
             out.append(item)
@@ -73,6 +83,30 @@ class AdminAPI:
                 "conversation_id": conversation_id,
                 "messages": await self._messages(conversation_id),
                 "deliveries": await self.deliveries.history(conversation_id),
+                "calls": [
+                    c.to_json()
+                    for c in (await self.calls.recent(100, conversation_id) if self.calls else [])
+                ],
+            }
+        )
+
+    async def call_list(self, request: web.Request) -> web.Response:
+        """Recent calls (``?limit=``) and the voice minutes of the last ``?days=`` (30)."""
+        if not self._authorized(request):
+            raise web.HTTPForbidden(text="missing or wrong admin token")
+        try:
+            limit = min(max(int(request.query.get("limit", "50")), 1), 500)
+            days = min(max(float(request.query.get("days", "30")), 0.0), 3660.0)
+        except ValueError as e:
+            raise web.HTTPBadRequest(text="limit and days must be numbers") from e
+        if self.calls is None:
+            return web.json_response({"calls": [], "voice_minutes": 0.0})
+        since = time.time() - days * 86400
+        return web.json_response(
+            {
+                "calls": [c.to_json() for c in await self.calls.recent(limit)],
+                "voice_minutes": await self.calls.voice_minutes(since),
+                "days": days,
             }
         )
 

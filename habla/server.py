@@ -22,6 +22,7 @@ from habla import wiring
 from habla.admin import AdminAPI
 from i18n.translation import CachingTranslator
 from nlu.engine import Engine
+from runtime.calls import CallLog
 from runtime.coordination import Coordination, Inbox, RedisInbox
 from runtime.deliveries import DeliveryLog
 from runtime.dispatch import Dispatcher
@@ -53,6 +54,7 @@ class Runtime:
         self.dispatcher = Dispatcher()
         self.db = wiring.database(settings)
         self.deliveries = DeliveryLog(self.db)
+        self.calls = CallLog(self.db)
         self._turn: Turn | None = None
         self.translator: CachingTranslator | None = None
         self.stores: Coordination | None = None
@@ -76,6 +78,7 @@ class Runtime:
             converse=self.converse,
             language=self.language,
             responses=self.responses,
+            calls=self.calls,
         )
         self._responses: dict[str, dict[str, str]] = {}
         self.channels: dict[str, InputChannel]
@@ -108,7 +111,9 @@ class Runtime:
             routes += wiring.channel_class(name).closed_routes()
         for channel in self.channels.values():
             routes += channel.routes()
-        admin = AdminAPI(self.settings.rest.admin_token, self.db, self.deliveries, self.commerce)
+        admin = AdminAPI(
+            self.settings.rest.admin_token, self.db, self.deliveries, self.commerce, self.calls
+        )
         return routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
 
     def urls(self, base: str) -> dict[str, list[str]]:
@@ -130,6 +135,7 @@ class Runtime:
         tracker_store = wiring.build_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
+        await self.calls.setup()
         stores = self.stores = await wiring.build_coordination(s, self.db)
         await wiring.start_commerce(self.commerce, s, self.db)
         if self.engine is None:

@@ -25,7 +25,18 @@ from tests.fakes.twilio_api import FakeTwilioAPI
 from tests.fakes.twilio_call import FakeCall
 
 CALLER = "+34600444555"
-TWILIO = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+ADMIN = "admin-token"
+TWILIO = {
+    "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+    "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+    "HABLA_ADMIN_TOKEN": ADMIN,
+}
+
+
+async def admin(client: TestClient, path: str) -> Any:
+    resp = await client.get(path, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
 
 
 @pytest.fixture
@@ -63,7 +74,19 @@ async def test_an_english_call_by_voice_and_keypad(server: tuple[TestClient, Run
 
     bye = await caller.say("goodbye")
     assert "Thanks for calling" in bye.text and bye.hangup and bye.gather is None
-    assert await caller.hang_up() == 204
+    assert await caller.hang_up(duration_s=93) == 204
+
+    # recorded for the operator: the call, its minutes, what the caller said
+    calls = await admin(client, "/api/calls")
+    [record] = calls["calls"]
+    assert record["call_sid"] == caller.call_sid and record["conversation_id"] == CALLER
+    assert (record["status"], record["duration_s"], record["ended_by"]) == ("completed", 93, "bot")
+    assert (record["mode"], record["language"], record["turns"]) == ("gather", "en", 5)
+    assert calls["voice_minutes"] == 1.55
+    conversation = await admin(client, f"/api/conversations/{CALLER}")
+    assert conversation["calls"][0]["call_sid"] == caller.call_sid
+    spoken = [m for m in conversation["messages"] if m.get("call", {}).get("speech_confidence")]
+    assert spoken and spoken[0]["call"]["speech_confidence"] == "0.92"
 
     stored = await runtime.engine.tracker_store.retrieve(CALLER)  # type: ignore[union-attr]
     said = [e.text for e in stored.events if type(e).__name__ == "UserUttered"]
@@ -108,6 +131,9 @@ async def test_silence_reprompts_once_then_says_goodbye(
     assert "Are you still there?" in again.text and again.gather is not None
     end = await caller.silence()
     assert "Goodbye" in end.text and end.hangup
+    await caller.hang_up(duration_s=12)
+    [record] = (await admin(client, "/api/calls"))["calls"]
+    assert (record["silences"], record["ended_by"], record["duration_s"]) == (2, "silence", 12)
 
 
 async def test_a_withheld_number_gets_a_conversation_of_its_own(
@@ -131,6 +157,8 @@ async def test_asking_for_a_person_transfers_the_call(
     step = await caller.say("I want to talk to a person")
     assert "passing you to a person" in step.text
     assert step.dial == "+34910000000" and step.gather is None
+    [record] = (await admin(client, "/api/calls"))["calls"]
+    assert (record["ended_by"], record["transferred_to"]) == ("transfer", "+34910000000")
 
     client, _ = await make_server(env=TWILIO, data_dir=tmp_path / "other")
     caller = call(client, "+34600444889", "6")
@@ -171,6 +199,8 @@ async def test_forged_or_unsigned_calls_are_refused(
     params: dict[str, Any] = caller._params(CallStatus="ringing")
     status = await caller.post("/webhooks/twilio_voice/webhook", params, signature=signature)
     assert status == 403 and caller.steps == []
+    assert (await client.get("/api/calls")).status == 403  # the operator API needs its token
+    assert (await admin(client, "/api/calls"))["calls"] == []
     assert await runtime.engine.tracker_store.retrieve("+34600111999") is None  # type: ignore[union-attr]
 
 

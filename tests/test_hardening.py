@@ -32,8 +32,10 @@ from commerce.orders import Order
 from commerce.payments.base import PaymentEvent
 from commerce.payments.stripe import StripePayments
 from commerce.webhook import PaymentWebhook
+from runtime.calls import CallLog
 from runtime.messages import BotReply, InboundMessage
 from runtime.settings import load_settings
+from runtime.sqlite import SQLite
 from runtime.turn import TurnContext
 from runtime.wire import WireError, loads_bounded, parse_form
 from tests.conftest import (
@@ -108,6 +110,7 @@ class Recorder:
             converse=converse,
             language=language,
             responses=lambda name: {},
+            calls=CallLog(SQLite(data_dir / "calls.sqlite3")),
         )
 
     @property
