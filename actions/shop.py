@@ -143,10 +143,24 @@ class ValidateOrderStatusForm(FormValidationAction):
         if isinstance(slot_value, list):
             slot_value = slot_value[-1] if slot_value else None
         normalized = normalize_order_number(str(slot_value)) if slot_value else None
+        if normalized is None and slot_value:
+            normalized = await _typed_on_a_keypad(str(slot_value))
         if normalized is None:
             dispatcher.utter_message(response="utter_invalid_order_number")
             return {"order_number": None}
         return {"order_number": normalized}
+
+
+async def _typed_on_a_keypad(value: str) -> str | None:
+    """A phone keypad has no letters: "12345" (ended with #) is the order whose number
+    has exactly these digits, when only one does."""
+    digits = value.strip().rstrip("#")
+    if not (digits.isdigit() and 4 <= len(digits) <= 12):
+        return None
+    catalog = await load_catalog()
+    numbers = catalog.orders if catalog is not None else {}
+    matches = [n for n in numbers if re.sub(r"\D", "", n) == digits]
+    return matches[0] if len(matches) == 1 else None
 
 
 class ActionOrderStatus(UsesCommerce, Action):

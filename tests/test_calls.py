@@ -93,6 +93,16 @@ async def test_an_english_call_by_voice_and_keypad(server: tuple[TestClient, Run
     assert said[:2] == ["/greet", "/opening_hours"]  # the digit became the button's payload
 
 
+async def test_an_order_number_typed_on_the_keypad(server: tuple[TestClient, Runtime]) -> None:
+    client, _ = server
+    caller = call(client, "+34600444321", "9")
+    await caller.start()
+    ask = await caller.say("where is my order?")
+    assert "type its digits and press the pound key" in ask.text
+    status = await caller.press("12345")  # AB12345: the keypad has no letters
+    assert "AB12345" in status.text and "shipped" in status.text.lower()
+
+
 async def test_a_caller_continues_their_whatsapp_conversation_in_its_language(
     server: tuple[TestClient, Runtime], twilio_api: FakeTwilioAPI
 ) -> None:
