@@ -1,7 +1,7 @@
 """Offline voice engines: Whisper base (int8) accuracy and speed, espeak round trips,
 and the latency of a whole voice-note reply.
 
-    python -m bench.voice [--quick] [--beams 1,5] [--runs 10] [--no-vad]
+    python -m bench.voice [--quick] [--beams 1,5] [--runs 10] [--no-vad] [--encode full,short]
 
 Test data (``../shared/data/speech``), every clip first encoded as a WhatsApp voice
 note (OGG/Opus, 24 kb/s) the way users send them:
@@ -18,6 +18,14 @@ time / audio duration, lower is faster). Latency: a 5 s Spanish voice note in (O
 OGG/Opus ready, against the 1.5 s p50 target. Round trip: espeak speaks a sentence,
 Whisper hears it back.
 
+Encoding: ``full`` runs Whisper's encoder on the fixed 30-s window, ``short`` on the
+utterance plus a 3 s margin (``HABLA_WHISPER_SHORT_ENCODE``), falling back to the full
+window when the transcript looks degenerate (``fallbacks``). Each is measured on the
+voice notes and again as 8 kHz phone audio: every clip resampled to 8 kHz, μ-law
+encoded and decoded, and resampled back to 16 kHz (stdlib ``audioop``) before Whisper
+hears it; the latency then starts from that phone-quality 5 s note. The comparison
+table at the end puts both modes side by side.
+
 Not a test; prints Markdown tables.
 """
 
@@ -25,17 +33,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import audioop
+import io
 import json
 import os
 import statistics
 import string
 import time
 import unicodedata
+import wave
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jiwer
+import numpy as np
 
 from voice.audio import duration_of, pcm_to_ogg_opus
 from voice.stt.whisper import WhisperSTT
@@ -144,6 +156,32 @@ def clips() -> tuple[list[Clip], list[Clip]]:
     return leopard, english
 
 
+def phone_quality(samples: np.ndarray) -> bytes:
+    """16 kHz float samples → 8 kHz → μ-law → linear → 16 kHz, as a 16-bit WAV."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    narrow, _ = audioop.ratecv(pcm, 2, 1, 16_000, 8_000, None)
+    narrow = audioop.ulaw2lin(audioop.lin2ulaw(narrow, 2), 2)
+    wide, _ = audioop.ratecv(narrow, 2, 1, 8_000, 16_000, None)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(wide)
+    return out.getvalue()
+
+
+def phone_clip(clip: Clip) -> Clip:
+    from voice.audio import decode_to_pcm16k
+
+    samples, _ = decode_to_pcm16k(clip.note, "audio/ogg")
+    return replace(clip, note=phone_quality(samples))
+
+
+def content_type(clip: Clip) -> str:
+    return "audio/wav" if clip.note.startswith(b"RIFF") else "audio/ogg"
+
+
 @dataclass
 class Row:
     clip: Clip
@@ -165,10 +203,11 @@ async def run_clips(stt: WhisperSTT, items: Sequence[Clip], free: bool) -> list[
     rows = []
     for clip in items:
         languages = BOT_LANGUAGES if clip.language in BOT_LANGUAGES else [clip.language, "en"]
+        kind = content_type(clip)
         t0 = time.perf_counter()
-        tr = await stt.transcribe(clip.note, "audio/ogg", languages)
+        tr = await stt.transcribe(clip.note, kind, languages)
         seconds = time.perf_counter() - t0
-        any_language = (await stt.transcribe(clip.note, "audio/ogg", [])).language if free else None
+        any_language = (await stt.transcribe(clip.note, kind, [])).language if free else None
         rows.append(Row(clip, tr.text, tr.language, any_language, seconds))
     return rows
 
@@ -183,19 +222,25 @@ def rtf(rows: Sequence[Row]) -> float:
     return sum(r.seconds for r in rows) / sum(r.clip.duration_s for r in rows)
 
 
-async def latency(stt: WhisperSTT, tts: EspeakTTS, runs: int) -> tuple[list[float], str]:
-    """Seconds for: 5 s OGG/Opus note → duration → transcript → espeak reply → OGG/Opus."""
+async def latency(
+    stt: WhisperSTT, tts: EspeakTTS, runs: int, phone: bool = False
+) -> tuple[list[float], str]:
+    """Seconds for: 5 s OGG/Opus note → duration → transcript → espeak reply → OGG/Opus
+    (with ``phone``, the note is 8 kHz μ-law quality audio in a WAV)."""
     from voice.audio import decode_to_pcm16k
 
     samples, _ = decode_to_pcm16k(
         (LEOPARD / "audio_samples" / "test_es.wav").read_bytes(), "audio/wav"
     )
     note = pcm_to_ogg_opus(samples[: 5 * 16_000])  # "Las arenas ... de grano medio"
+    kind = "audio/ogg"
+    if phone:
+        note, kind = phone_quality(decode_to_pcm16k(note, kind)[0]), "audio/wav"
     times, text = [], ""
     for _ in range(runs + 1):  # the first run warms caches and is not counted
         t0 = time.perf_counter()
-        await asyncio.to_thread(duration_of, note, "audio/ogg")
-        transcript = await stt.transcribe(note, "audio/ogg", BOT_LANGUAGES)
+        await asyncio.to_thread(duration_of, note, kind)
+        transcript = await stt.transcribe(note, kind, BOT_LANGUAGES)
         speech = await tts.synthesize(REPLY_ES, transcript.language or "es")
         assert speech.audio.startswith(b"OggS")
         times.append(time.perf_counter() - t0)
@@ -225,96 +270,211 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
 
 
-async def bench(beams: list[int], runs: int, vad: bool) -> dict[str, object]:
+@dataclass(frozen=True)
+class Summary:
+    beam: int
+    mode: str  # full | short
+    margin: float  # seconds after the utterance (short)
+    audio: str  # voice note | 8 kHz μ-law
+    wer6: float
+    wer_en: float
+    cer_cjk: float
+    lid6: str
+    rtf: float
+    clip_p50_s: float
+    fallbacks: str
+    p50: float
+    p90: float
+
+
+def summarize(
+    stt: WhisperSTT,
+    mode: str,
+    audio: str,
+    rows: list[Row],
+    cjk_rows: list[Row],
+    eng_rows: list[Row],
+    fallbacks: str,
+    times: list[float],
+) -> Summary:
+    lid6 = sum(r.language == r.clip.language for r in rows + eng_rows)
+    everything = rows + cjk_rows + eng_rows
+    return Summary(
+        stt.beam_size,
+        mode,
+        stt.encode_margin_s,
+        audio,
+        pooled_wer(rows),
+        pooled_wer(eng_rows),
+        statistics.mean(r.error for r in cjk_rows) if cjk_rows else 0.0,
+        f"{lid6}/{len(rows) + len(eng_rows)}",
+        rtf(everything),
+        statistics.median(r.seconds for r in everything),
+        fallbacks,
+        statistics.median(times),
+        percentile(times, 0.9),
+    )
+
+
+def print_rows(rows: list[Row], cjk_rows: list[Row], eng_rows: list[Row]) -> None:
+    print(
+        "| clip | lang | WER | Leopard allows | ratio | lang id (6) | lang id (99) | RTF | heard |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows + cjk_rows:
+        anchor = r.clip.anchor or 0.0
+        kind = "CER" if r.clip.language in ("ja", "ko") else ""
+        print(
+            f"| {r.clip.name} | {r.clip.language} | {r.error:.3f} {kind} | {anchor:.3f} | "
+            f"{r.error / anchor if anchor else 0:.1f} | {r.language} | "
+            f"{r.any_language or '–'} | {r.seconds / r.clip.duration_s:.3f} | {r.text} |"
+        )
+    for r in eng_rows:
+        print(
+            f"| {r.clip.name} | en | {r.error:.3f} | – | – | {r.language} | "
+            f"{r.any_language or '–'} | {r.seconds / r.clip.duration_s:.3f} | {r.text[:60]} |"
+        )
+
+
+async def bench(beams: list[int], runs: int, vad: bool, modes: list[str]) -> dict[str, object]:
     t0 = time.perf_counter()
     leopard, english = clips()
     print(f"clips encoded as OGG/Opus in {time.perf_counter() - t0:.1f} s", flush=True)
     main6 = [c for c in leopard if c.language in BOT_LANGUAGES]
     cjk = [c for c in leopard if c.language not in BOT_LANGUAGES]
+    phone = {
+        "main6": [phone_clip(c) for c in main6],
+        "cjk": [phone_clip(c) for c in cjk],
+        "english": [phone_clip(c) for c in english],
+    }
     tts = EspeakTTS()
     await tts.start()
-    results: dict[str, object] = {"cpus": os.cpu_count(), "runs": runs, "vad": vad}
+    results: dict[str, object] = {
+        "cpus": os.cpu_count(),
+        "runs": runs,
+        "vad": vad,
+        "load_average": os.getloadavg()[0],
+    }
     load = os.getloadavg()[0]
     print(f"{os.cpu_count()} CPUs, load average {load:.2f} (timings are noisy above ~0.5)")
     lid_all = 0
+    summaries: list[Summary] = []
     for beam in beams:
-        stt = WhisperSTT(
-            beam_size=beam, vad_filter=vad, cache_dir=PROJECT / ".habla" / "models" / "whisper-base"
-        )
-        t0 = time.perf_counter()
-        await stt.start()
-        load_s = time.perf_counter() - t0
-        print(
-            f"\n## Whisper base, int8, beam {beam}, VAD {'on' if vad else 'off'}, "
-            f"{stt.cpu_threads} threads",
-            flush=True,
-        )
-        print(f"model loaded in {load_s:.2f} s\n")
-        free = beam == beams[0]
-        rows = await run_clips(stt, main6, free)
-        cjk_rows = await run_clips(stt, cjk, free)
-        eng_rows = await run_clips(stt, english, free)
-
-        print(
-            "| clip | lang | WER | Leopard allows | ratio | lang id (6) | lang id (99) | RTF "
-            "| heard |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in rows + cjk_rows:
-            anchor = r.clip.anchor or 0.0
-            kind = "CER" if r.clip.language in ("ja", "ko") else ""
-            print(
-                f"| {r.clip.name} | {r.clip.language} | {r.error:.3f} {kind} | {anchor:.3f} | "
-                f"{r.error / anchor if anchor else 0:.1f} | {r.language} | "
-                f"{r.any_language or '–'} | {r.seconds / r.clip.duration_s:.3f} | {r.text} |"
+        for mode in modes:
+            stt = WhisperSTT(
+                beam_size=beam,
+                vad_filter=vad,
+                cache_dir=PROJECT / ".habla" / "models" / "whisper-base",
+                short_encode=mode == "short",
             )
-        for r in eng_rows:
+            t0 = time.perf_counter()
+            await stt.start()
+            load_s = time.perf_counter() - t0
             print(
-                f"| {r.clip.name} | en | {r.error:.3f} | – | – | {r.language} | "
-                f"{r.any_language or '–'} | {r.seconds / r.clip.duration_s:.3f} | {r.text[:60]} |"
+                f"\n## Whisper base, int8, beam {beam}, {mode} encoding, "
+                f"VAD {'on' if vad else 'off'}, {stt.cpu_threads} threads",
+                flush=True,
             )
-        lid6 = sum(r.language == r.clip.language for r in rows + eng_rows)
-        n6, n_all = len(rows) + len(eng_rows), len(rows) + len(cjk_rows) + len(eng_rows)
-        if free:  # language id does not depend on the beam: measured with the first one
-            lid_all = sum(r.any_language == r.clip.language for r in rows + cjk_rows + eng_rows)
-        print()
-        print(f"Leopard 6 languages: pooled WER {pooled_wer(rows):.3f} (Leopard allows 0.025)")
-        print(f"LibriVox + JFK (en): pooled WER {pooled_wer(eng_rows):.3f}")
-        print(
-            f"language id: {lid6}/{n6} among the 6 bot languages, "
-            f"{lid_all}/{n_all} among all 99 (incl. ja, ko)"
-        )
-        print(f"real-time factor: {rtf(rows + cjk_rows + eng_rows):.3f}")
+            print(f"model loaded in {load_s:.2f} s\n")
+            free = beam == beams[0] and mode == modes[0]
+            rows = await run_clips(stt, main6, free)
+            cjk_rows = await run_clips(stt, cjk, free)
+            eng_rows = await run_clips(stt, english, free)
+            print_rows(rows, cjk_rows, eng_rows)
+            lid6 = sum(r.language == r.clip.language for r in rows + eng_rows)
+            n6, n_all = len(rows) + len(eng_rows), len(rows) + len(cjk_rows) + len(eng_rows)
+            if free:  # language id does not depend on the beam: measured with the first one
+                lid_all = sum(r.any_language == r.clip.language for r in rows + cjk_rows + eng_rows)
+            fallbacks = f"{stt.fallbacks}/{stt.short_encodes}" if mode == "short" else "–"
+            print()
+            print(f"Leopard 6 languages: pooled WER {pooled_wer(rows):.3f} (Leopard allows 0.025)")
+            print(f"LibriVox + JFK (en): pooled WER {pooled_wer(eng_rows):.3f}")
+            print(
+                f"language id: {lid6}/{n6} among the 6 bot languages, "
+                f"{lid_all}/{n_all} among all 99 (incl. ja, ko)"
+            )
+            print(f"real-time factor: {rtf(rows + cjk_rows + eng_rows):.3f}")
+            if mode == "short":
+                print(f"short encodings redone on the full window: {fallbacks}")
 
-        times, heard = await latency(stt, tts, runs)
-        p50, p90 = statistics.median(times), percentile(times, 0.9)
-        print(
-            f"\nvoice note 5.0 s → transcript → espeak reply → OGG/Opus, {len(times)} runs: "
-            f"p50 {p50:.2f} s, p90 {p90:.2f} s; target p50 {TARGET_P50_S} s → "
-            f"ratio {p50 / TARGET_P50_S:.2f} ({'meets' if p50 <= TARGET_P50_S else 'misses'})"
-        )
-        print(f"  heard: {heard!r}")
+            times, heard = await latency(stt, tts, runs)
+            p50, p90 = statistics.median(times), percentile(times, 0.9)
+            print(
+                f"\nvoice note 5.0 s → transcript → espeak reply → OGG/Opus, {len(times)} runs: "
+                f"p50 {p50:.2f} s, p90 {p90:.2f} s; target p50 {TARGET_P50_S} s → "
+                f"ratio {p50 / TARGET_P50_S:.2f} ({'meets' if p50 <= TARGET_P50_S else 'misses'})"
+            )
+            print(f"  heard: {heard!r}")
+            summaries.append(
+                summarize(stt, mode, "voice note", rows, cjk_rows, eng_rows, fallbacks, times)
+            )
 
-        trips = await round_trips(stt, tts)
-        print("\n| round trip (espeak → whisper) | language right | WER | worst hearing |")
-        print("|---|---|---|---|")
-        for language, right, error, worst in trips:
-            n = len(ROUND_TRIP[language])
-            print(f"| {language} | {right}/{n} | {error:.3f} | {worst} |")
-        await stt.close()
-        results[f"beam{beam}"] = {
-            "load_s": load_s,
-            "wer": {r.clip.language: r.error for r in rows + cjk_rows},
-            "wer_leopard6": pooled_wer(rows),
-            "wer_english": pooled_wer(eng_rows),
-            "langid_6": lid6 / n6,
-            "langid_99": lid_all / n_all,
-            "rtf": rtf(rows + cjk_rows + eng_rows),
-            "latency_p50_s": p50,
-            "latency_p90_s": p90,
-            "round_trip_wer": {lang: e for lang, _, e, _ in trips},
-            "round_trip_language_right": {lang: n for lang, n, _, _ in trips},
-        }
+            trips = await round_trips(stt, tts)
+            print("\n| round trip (espeak → whisper) | language right | WER | worst hearing |")
+            print("|---|---|---|---|")
+            for language, right, error, worst in trips:
+                n = len(ROUND_TRIP[language])
+                print(f"| {language} | {right}/{n} | {error:.3f} | {worst} |")
+
+            print(f"\n### 8 kHz μ-law phone audio, beam {beam}, {mode} encoding\n", flush=True)
+            before = (stt.fallbacks, stt.short_encodes)
+            p_rows = await run_clips(stt, phone["main6"], False)
+            p_cjk = await run_clips(stt, phone["cjk"], False)
+            p_eng = await run_clips(stt, phone["english"], False)
+            print_rows(p_rows, p_cjk, p_eng)
+            p_fallbacks = (
+                f"{stt.fallbacks - before[0]}/{stt.short_encodes - before[1]}"
+                if mode == "short"
+                else "–"
+            )
+            p_times, p_heard = await latency(stt, tts, runs, phone=True)
+            summaries.append(
+                summarize(stt, mode, "8 kHz μ-law", p_rows, p_cjk, p_eng, p_fallbacks, p_times)
+            )
+            print(
+                f"\nLeopard 6: pooled WER {pooled_wer(p_rows):.3f}; en: {pooled_wer(p_eng):.3f}; "
+                f"phone-quality 5 s note p50 {statistics.median(p_times):.2f} s "
+                f"(heard {p_heard!r})"
+            )
+            await stt.close()
+            key = f"beam{beam}" if mode == "full" else f"beam{beam}_short"
+            results[key] = {
+                "load_s": load_s,
+                "wer": {r.clip.language: r.error for r in rows + cjk_rows},
+                "wer_leopard6": pooled_wer(rows),
+                "wer_english": pooled_wer(eng_rows),
+                "langid_6": lid6 / n6,
+                "langid_99": lid_all / n_all,
+                "rtf": rtf(rows + cjk_rows + eng_rows),
+                "latency_p50_s": p50,
+                "latency_p90_s": p90,
+                "fallbacks": fallbacks,
+                "round_trip_wer": {lang: e for lang, _, e, _ in trips},
+                "round_trip_language_right": {lang: n for lang, n, _, _ in trips},
+                "phone_8k_ulaw": {
+                    "wer": {r.clip.language: r.error for r in p_rows + p_cjk},
+                    "wer_leopard6": pooled_wer(p_rows),
+                    "wer_english": pooled_wer(p_eng),
+                    "rtf": rtf(p_rows + p_cjk + p_eng),
+                    "latency_p50_s": statistics.median(p_times),
+                    "latency_p90_s": percentile(p_times, 0.9),
+                    "fallbacks": p_fallbacks,
+                },
+            }
+
+    print("\n## Full window vs short encoding (same run)\n")
+    print(
+        "| beam | encoder input | audio | WER Leopard-6 | WER en | CER ja+ko | lang id (6) "
+        "| RTF | per clip p50 | redone on full | 5 s note p50 | p90 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in summaries:
+        window = "30 s window" if x.mode == "full" else f"utterance + {x.margin:g} s"
+        print(
+            f"| {x.beam} | {window} | {x.audio} | {x.wer6:.3f} | {x.wer_en:.3f} | "
+            f"{x.cer_cjk:.3f} | {x.lid6} | {x.rtf:.3f} | {x.clip_p50_s:.2f} s | "
+            f"{x.fallbacks} | {x.p50:.2f} s | {x.p90:.2f} s |"
+        )
     return results
 
 
@@ -324,11 +484,19 @@ def main() -> None:
     parser.add_argument("--beams", default="1,5", help="beam sizes to compare")
     parser.add_argument("--runs", type=int, default=10, help="latency runs")
     parser.add_argument("--no-vad", action="store_true", help="Whisper without the VAD filter")
+    parser.add_argument(
+        "--encode",
+        default="full,short",
+        help="encoder input to compare: full (30 s window), short (utterance + margin)",
+    )
     parser.add_argument("--out", default=str(PROJECT / "bench" / "results" / "voice.json"))
     args = parser.parse_args()
     beams = [5] if args.quick else [int(b) for b in args.beams.split(",")]
     runs = 5 if args.quick else args.runs
-    results = asyncio.run(bench(beams, runs, vad=not args.no_vad))
+    modes = [m for m in args.encode.split(",") if m]
+    if set(modes) - {"full", "short"}:
+        parser.error("--encode takes full and/or short")
+    results = asyncio.run(bench(beams, runs, vad=not args.no_vad, modes=modes))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import math
 import os
 import struct
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import jiwer
 import numpy as np
 import pytest
 
+from runtime.settings import load_settings
 from voice.audio import (
     AudioError,
     decode_to_pcm16k,
@@ -26,8 +27,9 @@ from voice.audio import (
     pcm_to_ogg_opus,
 )
 from voice.models import PART_PACKAGES
+from voice.stt import whisper
 from voice.stt.base import SpeechError, Transcript
-from voice.stt.whisper import WhisperSTT, confidence
+from voice.stt.whisper import WhisperSTT, confidence, degenerate
 from voice.tts.espeak import EspeakTTS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,16 @@ async def stt() -> AsyncIterator[WhisperSTT]:
     await engine.start()
     yield engine
     await engine.close()
+
+
+@pytest.fixture(params=["short", "full"])
+def engine(stt: WhisperSTT, request: pytest.FixtureRequest) -> Iterator[WhisperSTT]:
+    """The shared engine encoding only the utterance (the default), then the 30-s window."""
+    stt.short_encode = request.param == "short"
+    try:
+        yield stt
+    finally:
+        stt.short_encode = True
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +175,10 @@ def test_the_model_is_assembled_once_into_the_cache(stt: WhisperSTT) -> None:
 
 
 async def test_whisper_transcribes_a_spanish_voice_note(
-    stt: WhisperSTT, note_es: bytes, leopard: dict[str, dict[str, Any]]
+    engine: WhisperSTT, note_es: bytes, leopard: dict[str, dict[str, Any]]
 ) -> None:
+    stt = engine
+    short, fallbacks = stt.short_encodes, stt.fallbacks
     t = await stt.transcribe(note_es, "audio/ogg; codecs=opus", BOT_LANGUAGES)
     assert isinstance(t, Transcript) and t.engine == "whisper"
     assert t.language == "es" and t.language_confidence > 0.9
@@ -175,9 +189,13 @@ async def test_whisper_transcribes_a_spanish_voice_note(
     # when the language is given and nothing is identified
     given = await stt.transcribe(note_es, "audio/ogg", ["es"])
     assert (given.text, given.confidence) == (t.text, t.confidence)
+    # the short path was taken (and kept: nothing looked degenerate), or not at all
+    assert stt.short_encodes - short == (2 if stt.short_encode else 0)
+    assert stt.fallbacks == fallbacks
 
 
-async def test_language_is_chosen_among_the_bots_languages(stt: WhisperSTT) -> None:
+async def test_language_is_chosen_among_the_bots_languages(engine: WhisperSTT) -> None:
+    stt = engine
     note = pcm_to_ogg_opus(wav("test_pt.wav"))
     free = await stt.transcribe(note, "audio/ogg", [])
     assert free.language == "pt"
@@ -189,7 +207,8 @@ async def test_language_is_chosen_among_the_bots_languages(stt: WhisperSTT) -> N
     assert "raposa" in forced.text.lower()
 
 
-async def test_silence_is_an_empty_transcript(stt: WhisperSTT) -> None:
+async def test_silence_is_an_empty_transcript(engine: WhisperSTT) -> None:
+    stt = engine
     silence = pcm_to_ogg_opus(np.zeros(3 * 16_000, dtype=np.float32))
     t = await stt.transcribe(silence, "audio/ogg", BOT_LANGUAGES)
     assert t.text == "" and t.confidence == 0.0
@@ -198,7 +217,8 @@ async def test_silence_is_an_empty_transcript(stt: WhisperSTT) -> None:
     assert (await stt.transcribe(click, "audio/ogg", ["es"])).text == ""
 
 
-async def test_background_noise_is_empty_or_not_trusted(stt: WhisperSTT) -> None:
+async def test_background_noise_is_empty_or_not_trusted(engine: WhisperSTT) -> None:
+    stt = engine
     t = await stt.transcribe(wav("empty.wav"), "audio/wav", ["es", "en"])  # room noise, 8 s
     assert t.text == "" or t.confidence < MIN_CONFIDENCE, t
 
@@ -213,6 +233,122 @@ def test_confidence_formula() -> None:
     assert confidence([Seg(10, 0.0, 0.0)]) == 1.0
     mixed = confidence([Seg(30, math.log(0.9), 0.0), Seg(10, math.log(0.5), 0.5)])
     assert mixed == pytest.approx((30 * 0.9 + 10 * 0.25) / 40)
+
+
+@pytest.mark.parametrize("clip", ["test_en", "test_fr", "test_de", "test_it", "test_pt"])
+async def test_short_encoding_hears_the_other_languages_like_the_full_window(
+    stt: WhisperSTT, leopard: dict[str, dict[str, Any]], clip: str
+) -> None:
+    """Leopard's other clips: short encoding keeps the language and a WER within 0.05 of
+    the full window's (bench.voice has the numbers), without falling back."""
+    note = pcm_to_ogg_opus(wav("test.wav" if clip == "test_en" else f"{clip}.wav"))
+    language = clip[-2:]
+    transcript = leopard[language]["transcript"]
+    fallbacks = stt.fallbacks
+    short = await stt.transcribe(note, "audio/ogg", BOT_LANGUAGES)
+    assert stt.fallbacks == fallbacks, short.text
+    stt.short_encode = False
+    try:
+        full = await stt.transcribe(note, "audio/ogg", BOT_LANGUAGES)
+    finally:
+        stt.short_encode = True
+    assert short.language == full.language == language
+    assert wer(transcript, short.text) <= wer(transcript, full.text) + 0.05, short.text
+    assert short.confidence > MIN_CONFIDENCE
+
+
+def test_short_encoding_frames() -> None:
+    engine = WhisperSTT(cache_dir=CACHE)
+    assert engine.short_encode and engine.encode_margin_s == 3.0  # the defaults
+    assert engine.short_frames(int(2.3 * 16_000)) == 600  # 2.3 s + 3 s, rounded up
+    assert engine.short_frames(2 * 16_000) == 500
+    assert engine.short_frames(25 * 16_000) == 2800
+    assert engine.short_frames(int(25.5 * 16_000)) is None  # long clips: the full window
+    engine.encode_margin_s = 0.0
+    assert engine.short_frames(int(2.3 * 16_000)) == 300
+    engine.short_encode = False
+    assert engine.short_frames(16_000) is None
+
+
+def test_short_encoding_settings() -> None:
+    env = {"HABLA_WHISPER_SHORT_ENCODE": "false", "HABLA_WHISPER_ENCODE_MARGIN_S": "2"}
+    engine = WhisperSTT.from_settings(load_settings(env))
+    assert not engine.short_encode and engine.encode_margin_s == 2.0
+    default = WhisperSTT.from_settings(load_settings({}))
+    assert default.short_encode and default.encode_margin_s == 3.0
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("Thank you for watching. " * 4, 3.0),  # a phrase loop
+        ("Gracias, gracias, gracias, gracias, gracias.", 3.0),  # one word, 5 times
+        ("jajajajajajajajaja", 2.0),
+        ("ありがとうございます。" * 3, 4.0),  # no spaces
+        ("the the the the the the cat", 2.0),
+        ("Las arenas son blanquecinas y " + "de grano medio, " * 3, 5.0),
+        # what Whisper base said with a 0–0.5 s margin: the sentence twice
+        ("Uma raposa velha não consegue aprender nenhum ofício. " * 2, 5.0),
+        ("He was not an ill-sposed young man. He was not an ill-sposed young man. He", 3.0),
+        ("客観的実在の判断的知識が整理する客観的実在の判断的知識が整理する", 5.0),
+    ],
+)
+def test_repetition_loops_are_degenerate(text: str, seconds: float) -> None:
+    assert degenerate(text, seconds) == "repetition loop"
+
+
+def test_degenerate_transcripts() -> None:
+    assert degenerate("", 3.0) == "empty"
+    assert degenerate("  ", 3.0) == "empty"
+    sentence = "Las arenas son blanquecinas, de grano medio y tienen muy poca asistencia."
+    assert degenerate(sentence, 8.6) is None
+    assert "characters for 1.0 s" in (degenerate(sentence, 1.0) or "")  # too long
+    assert "token cap" in (degenerate(sentence, 8.6, tokens=40, max_tokens=40) or "")
+    assert degenerate(sentence, 8.6, tokens=39, max_tokens=40) is None
+    assert "log-probability" in (degenerate(sentence, 8.6, avg_logprob=-1.2) or "")
+    assert degenerate(sentence, 8.6, avg_logprob=-0.4) is None
+    # ordinary speech with a repeated word or two is not a loop
+    for text in (
+        "No, no, no, I said Tuesday.",
+        "Sí, sí, claro que sí.",
+        "Mi número es 600 123 456.",
+        "And so my fellow Americans, ask not what your country can do for you, "
+        "ask what you can do for your country.",
+    ):
+        assert degenerate(text, 4.0) is None, text
+    # faster-whisper's compression ratio (2.4) on text no loop pattern catches
+    spread = " ".join(f"{w} uno dos tres cuatro cinco" for w in "abcdefghijklmnop")
+    assert "compression ratio" in (degenerate(spread, 60.0) or "")
+
+
+async def test_a_degenerate_short_transcript_is_redone_on_the_full_window(
+    stt: WhisperSTT, note_es: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stt.short_encode = False
+    try:
+        full = await stt.transcribe(note_es, "audio/ogg", BOT_LANGUAGES)
+    finally:
+        stt.short_encode = True
+    decode = stt._decode
+    frames_seen: list[int | None] = []
+
+    def looping(
+        samples: Any, allowed: list[str], frames: int | None, max_tokens: int | None
+    ) -> tuple[Any, list[Any]]:
+        frames_seen.append(frames)
+        result, segments = decode(samples, allowed, frames, max_tokens)
+        if frames is None:
+            return result, segments
+        loop = "Las arenas son blanquecinas. " * 6  # what a broken decoder produces
+        return whisper._Result(loop, result.language, 0.9, result.language_confidence), segments
+
+    monkeypatch.setattr(stt, "_decode", looping)
+    fallbacks = stt.fallbacks
+    t = await stt.transcribe(note_es, "audio/ogg", BOT_LANGUAGES)
+    short_frames, full_frames = frames_seen  # 8.7 s of speech + 3 s, then the 30-s window
+    assert short_frames is not None and 1100 <= short_frames <= 1200 and full_frames is None
+    assert stt.fallbacks == fallbacks + 1
+    assert (t.text, t.language, t.confidence) == (full.text, full.language, full.confidence)
 
 
 async def test_a_missing_model_folder_fails_at_start(tmp_path: Path) -> None:
@@ -246,9 +382,10 @@ async def test_espeak_rejects_what_it_cannot_say(tts: EspeakTTS) -> None:
         await tts.synthesize("  ", "es")
 
 
-async def test_round_trip_espeak_to_whisper(stt: WhisperSTT, tts: EspeakTTS) -> None:
+async def test_round_trip_espeak_to_whisper(engine: WhisperSTT, tts: EspeakTTS) -> None:
     """espeak's Spanish is robotic and Whisper base hears about half the words of harder
     sentences (bench.voice); this everyday one comes back whole, so most words must."""
+    stt = engine
     text = "Gracias por tu compra, hasta pronto."
     speech = await tts.synthesize(text, "es")
     heard = await stt.transcribe(speech.audio, speech.content_type, BOT_LANGUAGES)

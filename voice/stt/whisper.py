@@ -22,6 +22,19 @@ No text (silence, noise, nothing left after the VAD) gives ``""`` with confidenc
 VAD before anything else: it costs a few milliseconds, leaves the WER of speech alike
 (bench.voice) and turns background noise into ``""`` instead of a hallucinated
 "Thank you for watching." that took 2.4 s of temperature fallbacks to produce.
+
+Short encoding (``short_encode``, on by default): Whisper's encoder always takes a 30-s
+window (3,000 mel frames, zero-padded), so a 3 s note costs as much as 30 s of audio.
+For clips up to ``SHORT_MAX_S`` the encoder gets only the utterance's frames plus
+``encode_margin_s``, rounded up to whole seconds (as whisper.cpp's ``audio_ctx``): the
+encoder output is proportionally shorter, and language identification and the decoder
+attend to it unchanged (CTranslate2 accepts any length up to 3,000 frames). The model
+was trained on full windows and, with a margin of 1 s or less, sometimes says the
+sentence twice (bench.voice); so that decode gets one try at temperature 0, its tokens
+are capped by the duration (``TOKENS_PER_S``), and when the transcript looks degenerate
+(:func:`degenerate`: empty, a repetition loop, the token cap reached, more text than the
+audio can hold, faster-whisper's compression ratio or log-probability thresholds) the
+clip is transcribed again on the full window, exactly as without short encoding.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +63,19 @@ DEFAULT_CACHE_DIR = ".habla/models/whisper-base"
 SILENCE_PEAK = 10 ** (-60 / 20)  # −60 dBFS: a voice note this quiet holds no speech
 WINDOW_FRAMES = 3000  # Whisper's 30-s input window, in mel frames
 MIN_SAMPLES = 1_600  # 0.1 s: shorter holds no word (and leaves no frame to identify)
+SAMPLE_RATE = 16_000
+FRAMES_PER_S = 100  # mel frames per second
+SHORT_MAX_S = 25.0  # longer clips are encoded on the full window
+TOKENS_PER_S = 12.0  # cap on decoded tokens per second of audio (short encoding)
+TOKENS_EXTRA = 16  # ... plus this many, for very short clips
+MAX_CHARS_PER_S = 25.0  # more text than this per second of audio is not speech
+COMPRESSION_RATIO = 2.4  # faster-whisper's compression_ratio_threshold
+LOG_PROB = -1.0  # faster-whisper's log_prob_threshold
+_NOT_WORD = re.compile(r"[^\w\s]+")
+_SHORT_LOOP = re.compile(r"(.{1,7}?)\1{4,}")  # a short unit 5 times in a row
+_LONG_LOOP = re.compile(r"(.{8,80}?)\1{2,}")  # a phrase 3 times in a row
+_WORDS_TWICE = re.compile(r"(?:^|\s)((?:\S+\s){4,}?)\1")  # 4+ words twice in a row
+_RUN_TWICE = re.compile(r"(\S{10,}?)\1")  # 10+ characters without spaces, twice (CJK)
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,48 @@ def confidence(segments: Iterable[Any]) -> float:
     return min(max(total / weight, 0.0), 1.0) if weight else 0.0
 
 
+def _compression_ratio(text: str) -> float:
+    from faster_whisper.transcribe import get_compression_ratio
+
+    return float(get_compression_ratio(text))
+
+
+def degenerate(
+    text: str,
+    seconds: float,
+    *,
+    tokens: int = 0,
+    max_tokens: int = 0,
+    avg_logprob: float = 0.0,
+) -> str | None:
+    """Why a transcript of ``seconds`` of speech looks like a decoder failure, or None.
+
+    Checks: no text; the decoded tokens reached ``max_tokens``; a repetition loop (after
+    lowercasing and dropping punctuation: a unit of 1–7 characters 5 times in a row, a
+    phrase of 8+ characters 3 times, 4+ words or 10+ unspaced characters twice); more
+    than ``MAX_CHARS_PER_S`` characters per second (+20); gzip compression ratio above
+    2.4 or mean log-probability below −1 (faster-whisper's own thresholds for retrying a
+    window at a higher temperature).
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    if max_tokens and tokens >= max_tokens:
+        return f"reached the token cap ({max_tokens})"
+    flat = " ".join(_NOT_WORD.sub(" ", stripped.lower()).split()) + " "
+    loops = (_SHORT_LOOP, _LONG_LOOP, _WORDS_TWICE, _RUN_TWICE)
+    if any(loop.search(flat) for loop in loops):
+        return "repetition loop"
+    if len(stripped) > MAX_CHARS_PER_S * seconds + 20:
+        return f"{len(stripped)} characters for {seconds:.1f} s"
+    ratio = _compression_ratio(stripped)
+    if ratio > COMPRESSION_RATIO:
+        return f"compression ratio {ratio:.2f}"
+    if avg_logprob < LOG_PROB:
+        return f"mean log-probability {avg_logprob:.2f}"
+    return None
+
+
 def _cpus() -> int:
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
@@ -83,11 +152,16 @@ def _model_class() -> type[Any]:
 
     class _Model(WhisperModel):
         """Remembers the last encoded window: identifying the language and decoding
-        the first window encode the same mel features, so the second is a cache hit."""
+        the first window encode the same mel features, so the second is a cache hit.
+        With ``frames`` set, only the first ``frames`` mel frames of a window are
+        encoded (the rest is faster-whisper's zero padding up to 30 s)."""
 
         _last: tuple[np.ndarray, Any] | None = None
+        frames: int | None = None
 
         def encode(self, features: np.ndarray) -> Any:
+            if self.frames is not None and features.shape[-1] > self.frames:
+                features = features[..., : self.frames]
             last = self._last
             if last is not None and last[0].shape == features.shape:
                 if np.array_equal(last[0], features):
@@ -98,6 +172,7 @@ def _model_class() -> type[Any]:
 
         def forget(self) -> None:
             self._last = None
+            self.frames = None
 
     return _Model
 
@@ -113,6 +188,8 @@ class WhisperSTT(SpeechToText):
             cache_dir=str(settings.models_dir / "whisper-base"),
             beam_size=v.whisper_beam_size,
             cpu_threads=v.whisper_threads,
+            short_encode=v.whisper_short_encode,
+            encode_margin_s=v.whisper_encode_margin_s,
         )
 
     def __init__(
@@ -124,6 +201,8 @@ class WhisperSTT(SpeechToText):
         cpu_threads: int = 0,
         vad_filter: bool = True,
         compute_type: str = "int8",
+        short_encode: bool = True,
+        encode_margin_s: float = 3.0,
     ) -> None:
         self.model_dir = model_dir
         self.cache_dir = Path(cache_dir)
@@ -131,6 +210,10 @@ class WhisperSTT(SpeechToText):
         self.cpu_threads = cpu_threads or min(_cpus(), 4)
         self.vad_filter = vad_filter
         self.compute_type = compute_type
+        self.short_encode = short_encode
+        self.encode_margin_s = max(encode_margin_s, 0.0)
+        self.short_encodes = 0  # clips transcribed from the utterance's frames alone
+        self.fallbacks = 0  # ... of which redone on the full window (degenerate)
         self._model: Any = None
         self._languages: frozenset[str] = frozenset()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
@@ -207,17 +290,69 @@ class WhisperSTT(SpeechToText):
             samples = self._speech_only(samples)
             if len(samples) < MIN_SAMPLES:
                 return silent
+        frames = self.short_frames(len(samples))
+        if frames is not None:
+            self.short_encodes += 1
+            seconds = len(samples) / SAMPLE_RATE
+            max_tokens = min(math.ceil(TOKENS_PER_S * seconds) + TOKENS_EXTRA, 440)
+            result, segments = self._decode(samples, allowed, frames, max_tokens)
+            tokens = sum(len(s.tokens) for s in segments)
+            weight = max(tokens, 1)
+            avg_logprob = sum(len(s.tokens) * s.avg_logprob for s in segments) / weight
+            reason = degenerate(
+                result.text,
+                seconds,
+                tokens=tokens,
+                max_tokens=max_tokens,
+                avg_logprob=avg_logprob if segments else 0.0,
+            )
+            if reason is None:
+                return result
+            self.fallbacks += 1
+            logger.info(
+                "whisper: %s from %d frames looks degenerate (%s): full window",
+                f"{result.text[:80]!r}",
+                frames,
+                reason,
+            )
+        return self._decode(samples, allowed, None, None)[0]
+
+    def short_frames(self, n_samples: int) -> int | None:
+        """Mel frames to encode for a clip of ``n_samples`` (utterance + margin, rounded
+        up to whole seconds), or None for the full 30-s window."""
+        seconds = n_samples / SAMPLE_RATE
+        if not self.short_encode or seconds > SHORT_MAX_S:
+            return None
+        frames = math.ceil(seconds + self.encode_margin_s) * FRAMES_PER_S
+        return frames if frames < WINDOW_FRAMES else None
+
+    def _decode(
+        self,
+        samples: np.ndarray,
+        allowed: list[str],
+        frames: int | None,
+        max_tokens: int | None,
+    ) -> tuple[_Result, list[Any]]:
+        """Identify the language and decode, encoding ``frames`` mel frames (None: the
+        full window, with faster-whisper's temperature fallbacks)."""
+        model = self._model
         try:
+            model.forget()
+            model.frames = frames
             if len(allowed) == 1:
                 language, language_confidence = allowed[0], 1.0
             else:
                 language, language_confidence = self._identify(samples, allowed)
+            options: dict[str, Any] = {}
+            if frames is not None:  # one try at temperature 0; the full window is the retry
+                options = {"temperature": 0.0, "max_new_tokens": max_tokens}
             segments, _ = model.transcribe(
                 samples,
                 language=language,
                 beam_size=self.beam_size,
                 condition_on_previous_text=False,
                 without_timestamps=True,
+                **options,
             )
             segments = list(segments)  # decoding happens while iterating
         except RuntimeError as e:  # CTranslate2
@@ -225,7 +360,8 @@ class WhisperSTT(SpeechToText):
         finally:
             model.forget()
         text = " ".join(s.text.strip() for s in segments if s.text.strip())
-        return _Result(text, language, confidence(segments) if text else 0.0, language_confidence)
+        conf = confidence(segments) if text else 0.0
+        return _Result(text, language, conf, language_confidence), segments
 
     def _identify(self, samples: np.ndarray, allowed: list[str]) -> tuple[str, float]:
         """The most probable of ``allowed`` (any language when empty) on the first window,
