@@ -23,6 +23,7 @@ from runtime.errors import MediaError, is_transient_status
 from runtime.messages import BotReply, InboundMessage
 from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
 from runtime.settings import Settings
+from runtime.speech import CallSpeech
 from runtime.turn import TurnContext
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class ChannelServices:
     """A domain response's text per language ("" for the unconditioned one)."""
     calls: CallLog
     """The record of phone calls (runtime/calls.py)."""
+    call_speech: Callable[[], CallSpeech | None]
+    """Speech for streamed calls (None while speech-to-text or text-to-speech is off)."""
 
 
 class InputChannel(ABC):

@@ -38,10 +38,12 @@ from typing import Any
 from aiohttp import web
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
-from channels.base import ChannelServices
+from channels.base import ChannelServices, public_request_url
+from channels.call_text import CallOutput, call_action, spoken
 from channels.twilio import TwilioChannel
+from channels.twilio_media import MediaStreamSession
 from runtime.locales import to_locale
-from runtime.messages import BotReply, Delivery, InboundMessage, mask_phone
+from runtime.messages import InboundMessage, mask_phone
 from runtime.output import OutputChannel
 from runtime.settings import SettingsError
 from runtime.turn import TurnContext
@@ -52,14 +54,6 @@ E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_SPEECH_CHARS = 2000  # what Twilio's recognizer returns for one utterance is far less
 MAX_WAITS = 4  # hold messages for one slow turn before giving up on it
 
-PRESS = {
-    "en": "For {title}, press {number}.",
-    "es": "Para {title}, pulse {number}.",
-    "pt": "Para {title}, pressione {number}.",
-    "fr": "Pour {title}, tapez {number}.",
-    "de": "Für {title} drücken Sie die {number}.",
-    "it": "Per {title}, premi {number}.",
-}
 FALLBACK_TEXTS = {
     "utter_call_silence": "Are you still there? You can speak, or use the keypad.",
     "utter_call_goodbye": "I could not hear you. Goodbye!",
@@ -89,7 +83,7 @@ class CallStep:
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> CallStep:
         step = query.get("step", "start")
-        if step not in ("start", "input", "silence", "wait"):
+        if step not in ("start", "input", "silence", "wait", "after_stream"):
             raise web.HTTPBadRequest(text=f"unknown step {step[:20]!r}")
         try:
             turn = int(query.get("n", "0"))
@@ -99,37 +93,6 @@ class CallStep:
         if not (0 <= turn < 100_000 and 0 <= silences < 10):
             raise web.HTTPBadRequest(text="n or s out of range")
         return cls(step, turn, silences)
-
-
-class CallOutput(OutputChannel):
-    """A turn's replies are said in the webhook's answer: nothing is sent here."""
-
-    def __init__(self, call_sid: str) -> None:
-        self.call_sid = call_sid
-
-    def numbers_choices(self, reply: BotReply) -> bool:
-        return bool(reply.buttons)  # read as "press 1 for ...": a digit maps back
-
-    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
-        return [Delivery(ok=True, provider_id=self.call_sid)]
-
-
-def spoken(reply: BotReply, language: str, press: str = "") -> str:
-    """What the caller hears for one reply: its text, then its buttons as keypad choices."""
-    template = press or PRESS.get(language) or PRESS["en"]
-    parts = [reply.text.strip()] if reply.text.strip() else []
-    for number, button in enumerate(reply.buttons, 1):
-        parts.append(template.format(title=button.title, number=number))
-    return " ".join(parts)
-
-
-def call_action(replies: Sequence[BotReply]) -> str:
-    """ "hangup", "transfer" or "" from the replies' ``custom: {call: ...}``."""
-    for reply in replies:
-        call = (reply.custom or {}).get("call")
-        if call in ("hangup", "transfer"):
-            return str(call)
-    return ""
 
 
 class TwilioVoiceChannel(TwilioChannel):
@@ -146,6 +109,7 @@ class TwilioVoiceChannel(TwilioChannel):
         self.output = None  # calls are answered in the webhook's response
         self.sender = None  # type: ignore[assignment]
         self._turns: dict[str, asyncio.Task[TurnContext]] = {}
+        self._after_stream: dict[str, str] = {}
         self._texts: dict[str, dict[str, str]] = {}
 
     async def start(self) -> None:
@@ -161,6 +125,7 @@ class TwilioVoiceChannel(TwilioChannel):
         return [
             web.post("/webhooks/twilio_voice/webhook", self.receive),
             web.post("/webhooks/twilio_voice/status", self.status),
+            web.get("/webhooks/twilio_voice/stream", self.stream),
         ]
 
     # ---------------------------------------------------------------- requests
@@ -174,10 +139,15 @@ class TwilioVoiceChannel(TwilioChannel):
         msg = self._message(call_sid, caller, form.get("To", ""), step)
         if step.step == "start":
             logger.info("call %s from %s", call_sid, mask_phone(caller) or "a withheld number")
+            mode = self.settings.call.mode
             await self.services.calls.started(
-                call_sid, msg.conversation_id, self.name, "gather", msg.sender
+                call_sid, msg.conversation_id, self.name, mode, msg.sender
             )
+            if mode == "stream":
+                return self._twiml(self._connect_stream(caller))
             return await self._turn(msg, step, "/greet")
+        if step.step == "after_stream":
+            return self._twiml(self._after(call_sid))
         if step.step == "wait":
             return await self._wait(msg, step)
         text = (form.get("Digits") or form.get("SpeechResult") or "").strip()
@@ -206,6 +176,13 @@ class TwilioVoiceChannel(TwilioChannel):
     # ---------------------------------------------------------------- turns
 
     def _message(self, call_sid: str, caller: str, called: str, step: CallStep) -> InboundMessage:
+        return self.call_message(call_sid, caller, called, step.turn, self.settings.call.mode)
+
+    def call_message(
+        self, call_sid: str, caller: str, called: str, turn: int, mode: str
+    ) -> InboundMessage:
+        """The turn's message for a call: the caller's E.164 number is the conversation
+        (a withheld or odd number gets ``call:<CallSid>``)."""
         person = caller if E164.match(caller) else ""
         conversation = (
             self.services.conversation_id(self.name, person) if person else f"call:{call_sid}"
@@ -213,12 +190,24 @@ class TwilioVoiceChannel(TwilioChannel):
         return InboundMessage(
             channel=self.name,
             conversation_id=conversation,
-            message_id=f"{call_sid}:{step.turn}",
+            message_id=f"{call_sid}:{turn}",
             sender=person,
             reply_to=caller,
             reply_from=called,
-            metadata={"call": {"sid": call_sid, "mode": "gather"}},
+            metadata={"call": {"sid": call_sid, "mode": mode}},
         )
+
+    def collector(self, call_sid: str) -> OutputChannel:
+        return CallOutput(call_sid)
+
+    async def end_stream(self, call_sid: str, action: str) -> None:
+        """A streamed call the bot ends: Twilio's redirect after the stream does it."""
+        self._after_stream[call_sid] = action
+        number = self.settings.call.transfer_number
+        if action == "transfer" and number:
+            await self.services.calls.ending(call_sid, "transfer", number)
+        else:
+            await self.services.calls.ending(call_sid, "bot")
 
     async def _turn(
         self, msg: InboundMessage, step: CallStep, text: str, meta: Mapping[str, Any] = {}
@@ -303,6 +292,47 @@ class TwilioVoiceChannel(TwilioChannel):
         except Exception:
             logger.warning("the conversation's language could not be read", exc_info=True)
             return ""
+
+    # ---------------------------------------------------------------- stream mode
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """The media stream's WebSocket: verified before the upgrade (403 otherwise)."""
+        signature = request.headers.get("X-Twilio-Signature", "")
+        url = public_request_url(request, self.settings.public_base)
+        url = re.sub(r"^http", "ws", url)  # Twilio signs the wss:// URL it opened
+        if not signature or not self.validator.validate(url, {}, signature):
+            logger.warning(
+                "twilio_voice: refused a media stream with a %s signature",
+                "wrong" if signature else "missing",
+            )
+            raise web.HTTPForbidden(text="invalid signature")
+        speech = self.services.call_speech()
+        if speech is None:
+            raise web.HTTPServiceUnavailable(text="speech-to-text or text-to-speech is off")
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        await MediaStreamSession(self, ws, speech).run()
+        return ws
+
+    def _connect_stream(self, caller: str) -> VoiceResponse:
+        base = self.settings.public_base
+        response = VoiceResponse()
+        connect = response.connect()
+        stream = connect.stream(url=re.sub(r"^http", "ws", base) + "/webhooks/twilio_voice/stream")
+        stream.parameter(name="from", value=caller[:32])
+        response.redirect(self._url("after_stream", 0, 0), method="POST")
+        return response
+
+    def _after(self, call_sid: str) -> VoiceResponse:
+        """The stream ended: the bot's goodbye hangs up, a handover dials the number."""
+        action = self._after_stream.pop(call_sid, "")
+        response = VoiceResponse()
+        number = self.settings.call.transfer_number
+        if action == "transfer" and number:
+            response.dial(number)
+        else:
+            response.hangup()
+        return response
 
     # ---------------------------------------------------------------- TwiML
 

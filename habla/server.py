@@ -29,10 +29,12 @@ from runtime.dispatch import Dispatcher
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, BotReply, InboundMessage, mask_phone
 from runtime.settings import Settings
+from runtime.speech import CallSpeech
 from runtime.turn import Turn, TurnContext
+from voice.calls import PhoneSpeech
 from voice.stages import trigger
 from voice.stt.base import SpeechToText
-from voice.tts.base import TextToSpeech
+from voice.tts.base import TextToSpeech, parse_voices
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ class Runtime:
             language=self.language,
             responses=self.responses,
             calls=self.calls,
+            call_speech=self.call_speech,
         )
+        self._call_speech: CallSpeech | None = None
         self._responses: dict[str, dict[str, str]] = {}
         self.channels: dict[str, InputChannel]
         self.channels, self.closed_channels = wiring.build_channels(settings, services)
@@ -253,6 +257,19 @@ class Runtime:
 
     async def converse(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
         return await self.turn.run(msg, output)
+
+    def call_speech(self) -> CallSpeech | None:
+        """Speech for streamed calls, with the engines voice notes use."""
+        if self._call_speech is None and self.stt is not None and self.tts is not None:
+            c = self.settings.call
+            self._call_speech = PhoneSpeech(
+                self.stt,
+                self.tts,
+                parse_voices(self.settings),
+                min_speech_ms=c.min_speech_ms,
+                min_silence_ms=c.min_silence_ms,
+            )
+        return self._call_speech
 
     async def language(self, conversation_id: str) -> str | None:
         if self.stores is None:

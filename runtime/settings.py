@@ -338,8 +338,9 @@ class CallSettings:
         "gather",
         "HABLA_CALL_MODE",
         "How calls to a Twilio number are handled: gather (Twilio recognises speech and "
-        "speaks with its voices; habla understands and answers).",
-        choices=("gather",),
+        "speaks with its voices; habla understands and answers) or stream (Twilio Media "
+        "Streams: habla hears with HABLA_STT and speaks with HABLA_TTS, with barge-in).",
+        choices=("gather", "stream"),
     )
     voices: str = setting(
         "en=Polly.Joanna-Neural,es=Polly.Lucia-Neural,pt=Polly.Camila-Neural",
@@ -374,6 +375,17 @@ class CallSettings:
         "HABLA_CALL_HINTS",
         "Extra words the recognizer should expect (comma-separated); the buttons on "
         "offer are always hinted.",
+    )
+    min_speech_ms: int = setting(
+        250,
+        "HABLA_CALL_MIN_SPEECH_MS",
+        "Stream mode: voiced audio it takes to count as the caller speaking (and to cut "
+        "the bot off); shorter noises, coughs and 'mm' do not (python -m bench.barge_in).",
+    )
+    min_silence_ms: int = setting(
+        600,
+        "HABLA_CALL_MIN_SILENCE_MS",
+        "Stream mode: silence that ends the caller's utterance.",
     )
     transfer_number: str = setting(
         "",
@@ -476,6 +488,21 @@ class VoiceSettings:
     )
     whisper_threads: int = setting(
         0, "HABLA_WHISPER_THREADS", "CPU threads for Whisper (0: the library's default)."
+    )
+    whisper_short_encode: bool = setting(
+        True,
+        "HABLA_WHISPER_SHORT_ENCODE",
+        "Encode only the utterance (plus HABLA_WHISPER_ENCODE_MARGIN_S) instead of "
+        "Whisper's fixed 30 s window: the encoder gets several times faster on short "
+        "notes; a transcript that looks degenerate (a repetition loop, too long for the "
+        "audio) is redone on the full window. Clips over 25 s always use the full window.",
+    )
+    whisper_encode_margin_s: float = setting(
+        3.0,
+        "HABLA_WHISPER_ENCODE_MARGIN_S",
+        "Padding encoded after the utterance when encoding it alone (seconds; the total "
+        "is rounded up to whole seconds). 3: as accurate as the full window on the "
+        "benchmark clips; 1 s or less makes Whisper base repeat itself.",
     )
     voices: str = setting(
         "",
@@ -829,6 +856,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append("HABLA_GOOGLE_PROJECT is required for the google translator")
     if s.call.transfer_number and not re.fullmatch(r"\+[1-9]\d{6,14}", s.call.transfer_number):
         problems.append("call.transfer_number (HABLA_CALL_TRANSFER_NUMBER): an E.164 number")
+    if not 64 <= s.call.min_speech_ms <= 2000 or not 100 <= s.call.min_silence_ms <= 5000:
+        problems.append("call: min_speech_ms 64-2000 and min_silence_ms 100-5000")
     if not 1 <= s.call.input_timeout_s <= 60 or not 1 <= s.call.hold_after_s <= 13:
         problems.append("call: input_timeout_s 1-60 and hold_after_s 1-13 (Twilio waits 15 s)")
     if s.call.speech_timeout != "auto" and not s.call.speech_timeout.isdigit():

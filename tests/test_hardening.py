@@ -111,6 +111,7 @@ class Recorder:
             language=language,
             responses=lambda name: {},
             calls=CallLog(SQLite(data_dir / "calls.sqlite3")),
+            call_speech=lambda: None,
         )
 
     @property

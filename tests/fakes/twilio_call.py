@@ -143,6 +143,12 @@ class FakeCall:
             )
         return self.last
 
+    async def after_stream(self) -> Step:
+        """A ``<Connect><Stream>`` ended: Twilio follows the ``<Redirect>`` after it."""
+        url = "/webhooks/twilio_voice/webhook?step=after_stream&n=0&s=0"
+        assert await self.post(url, self._params(CallStatus="in-progress")) == 200
+        return self.last
+
     async def hang_up(self, duration_s: int = 42) -> int:
         return await self.post(
             "/webhooks/twilio_voice/status",
