@@ -104,6 +104,7 @@ async def test_a_forged_stream_is_refused(
     )
     assert stream.handshake_status == 403 and stream.closed
     assert await bot_turns(runtime, CALLER) == []
+    await stream.aclose()
 
 
 async def test_the_bot_speaks_hears_and_answers_in_the_callers_language(
@@ -159,6 +160,7 @@ async def test_a_keypad_digit_picks_a_button_and_goodbye_hangs_up(
     after = FakeCall(client, PUBLIC_URL, AUTH_TOKEN, "+34600555333", call_sid=stream.call_sid)
     step = await after.after_stream()
     assert step.hangup
+    await stream.aclose()
 
 
 async def test_asking_for_a_person_dials_the_number_after_the_stream(
@@ -172,3 +174,4 @@ async def test_asking_for_a_person_dials_the_number_after_the_stream(
     after = FakeCall(client, PUBLIC_URL, AUTH_TOKEN, "+34600555444", call_sid=stream.call_sid)
     step = await after.after_stream()
     assert step.dial == "+34910000000"
+    await stream.aclose()
