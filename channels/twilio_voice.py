@@ -167,6 +167,7 @@ class TwilioVoiceChannel(TwilioChannel):
         seconds = float(duration) if duration.isdigit() and len(duration) < 9 else None
         await self.services.calls.status(call_sid, status, seconds)
         if status in ("completed", "busy", "failed", "no-answer", "canceled"):
+            self._after_stream.pop(call_sid, None)
             task = self._turns.pop(call_sid, None)
             if task is not None and not task.done():
                 # the caller hung up while a turn ran: let it finish (its state is kept)
