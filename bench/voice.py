@@ -34,14 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import audioop
-import io
 import json
 import os
 import statistics
 import string
 import time
 import unicodedata
-import wave
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -162,13 +160,9 @@ def phone_quality(samples: np.ndarray) -> bytes:
     narrow, _ = audioop.ratecv(pcm, 2, 1, 16_000, 8_000, None)
     narrow = audioop.ulaw2lin(audioop.lin2ulaw(narrow, 2), 2)
     wide, _ = audioop.ratecv(narrow, 2, 1, 8_000, 16_000, None)
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes(wide)
-    return out.getvalue()
+    from voice.calls import wav16k
+
+    return wav16k(wide)
 
 
 def phone_clip(clip: Clip) -> Clip:

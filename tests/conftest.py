@@ -28,6 +28,7 @@ from nlu.engine import RasaEngine
 from nlu.training import ensure_model
 from runtime.settings import load_settings
 from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.stripe_api import FakeStripeAPI
 from tests.fakes.twilio_api import FakeTwilioAPI
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,8 @@ WA_TOKEN = "EAAG-test-access-token"
 WA_APP_SECRET = "test-app-secret-0123456789"
 WA_VERIFY_TOKEN = "verify-me"
 WA_PHONE_ID = "1122334455667"
+STRIPE_KEY = "sk_test_habla_0123456789"
+WHSEC = "whsec_habla_test_secret"
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +73,15 @@ async def engine(model_path: Path) -> RasaEngine:
     engine = RasaEngine(model_path, InProcessActionEndpoint("actions"))
     await engine.load()
     return engine
+
+
+@pytest.fixture
+async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
+    """Stripe's API for the shop tests (a module may define its own)."""
+    fake = FakeStripeAPI(STRIPE_KEY, WHSEC)
+    await fake.start()
+    yield fake
+    await fake.close()
 
 
 def free_port() -> int:

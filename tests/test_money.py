@@ -23,8 +23,6 @@ from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
 from tests.test_shop import (
     HUBSPOT_TOKEN,
-    STRIPE_KEY,
-    WHSEC,
     Shop,
     deal_stage,
     eventually,
@@ -45,14 +43,6 @@ products:
     price: 4990
 orders: {}
 """
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
-    fake = FakeStripeAPI(STRIPE_KEY, WHSEC)
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ characters), with their real status, as well as the sample orders of catalog.yml
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,7 @@ from tests.conftest import ServerFactory
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
-from tests.test_shop import STRIPE_KEY, WHSEC, Shop, shop_env, texts
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
-    fake = FakeStripeAPI(STRIPE_KEY, WHSEC)
-    await fake.start()
-    yield fake
-    await fake.close()
+from tests.test_shop import Shop, shop_env, texts
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the order ends up paid and the buyer hears about it exactly once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,7 @@ from tests.conftest import ServerFactory
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
-from tests.test_shop import STRIPE_KEY, USER, WHSEC, Shop, shop_env, texts
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
-    fake = FakeStripeAPI(STRIPE_KEY, WHSEC)
-    await fake.start()
-    yield fake
-    await fake.close()
+from tests.test_shop import USER, Shop, shop_env, texts
 
 
 @pytest.fixture

@@ -13,25 +13,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from habla.server import Runtime
-from tests.conftest import ServerFactory, whatsapp_env
+from tests.conftest import STRIPE_KEY, WHSEC, ServerFactory, whatsapp_env
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.fakes.hubspot_api import FakeHubSpotAPI
 from tests.fakes.stripe_api import FakeStripeAPI
 from tests.test_whatsapp import envelope, interactive, post, text_msg
 
-STRIPE_KEY = "sk_test_habla_0123456789"
-WHSEC = "whsec_habla_test_secret"
 HUBSPOT_TOKEN = "pat-eu1-habla-test"
 USER = "34611222333"
 ADMIN = "admin-token"
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[FakeStripeAPI]:
-    fake = FakeStripeAPI(STRIPE_KEY, WHSEC)
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture
