@@ -131,6 +131,16 @@ async def test_a_language_switch_changes_the_next_gather(
     assert answer.said[0].language == "es-ES"
 
 
+async def test_a_portuguese_caller_asks_a_price(server: tuple[TestClient, Runtime]) -> None:
+    client, _ = server
+    caller = call(client, "+55119876543", "10")
+    await caller.start()
+    answer = await caller.say("olá, quanto custa a caneca?")
+    assert "12,50 EUR" in answer.text and "caneca" in answer.text.lower()
+    assert answer.gather is not None and answer.gather["language"] == "pt-BR"
+    assert answer.said[0].voice == "Polly.Camila-Neural"
+
+
 async def test_silence_reprompts_once_then_says_goodbye(
     server: tuple[TestClient, Runtime],
 ) -> None:
