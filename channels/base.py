@@ -20,7 +20,7 @@ from aiohttp import web
 
 from runtime.calls import CallLog
 from runtime.errors import MediaError, is_transient_status
-from runtime.messages import BotReply, InboundMessage
+from runtime.messages import InboundMessage
 from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
 from runtime.settings import Settings
 from runtime.speech import CallSpeech
@@ -75,8 +75,6 @@ class ChannelServices:
     settings: Settings
     accept: Callable[[InboundMessage, OutputChannel], Awaitable[bool]]
     """Record and queue a message for background processing; False if a duplicate."""
-    run_turn: Callable[[InboundMessage, OutputChannel], Awaitable[list[BotReply]]]
-    """Run a turn now and return its replies (for request/response channels)."""
     delivery_status: Callable[[str, str, str, str], Awaitable[bool]]
     """Store a provider's delivery status report (id, status, error code, error)."""
     conversation_id: Callable[[str, str], str]
@@ -84,7 +82,8 @@ class ChannelServices:
     last_inbound: Callable[[str, str], Awaitable[float | None]]
     """When a conversation last wrote on a channel (epoch seconds), if known."""
     converse: Callable[[InboundMessage, OutputChannel], Awaitable[TurnContext]]
-    """Run a whole turn now and return its context (replies, language, failure)."""
+    """Run a whole turn now and return its context (replies, language, failure), for
+    channels that answer in the response (REST, calls)."""
     language: Callable[[str], Awaitable[str | None]]
     """A conversation's current language, if it has one."""
     responses: Callable[[str], dict[str, str]]

@@ -128,5 +128,5 @@ class RestChannel(InputChannel):
             message_id=message_id,
             metadata=metadata or {},
         )
-        replies = await self.services.run_turn(msg, CollectingOutput())
+        replies = (await self.services.converse(msg, CollectingOutput())).replies
         return web.json_response([r.to_rasa(sender) for r in replies])

@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 from channels.base import ChannelServices
 from channels.call_text import call_action, spoken
+from runtime.errors import HablaError
 from runtime.messages import BotReply, InboundMessage, mask_phone
 from runtime.output import OutputChannel
 from runtime.settings import Settings
@@ -60,7 +61,6 @@ class CallChannel(Protocol):
 
 logger = logging.getLogger(__name__)
 
-FRAME = 160  # bytes of μ-law: 20 ms at 8 kHz
 SENTENCE = re.compile(r"(?<=[.!?…])\s+")
 MAX_DIGITS = 20
 
@@ -90,7 +90,6 @@ class MediaStreamSession:
         self.speaking: asyncio.Task[None] | None = None
         self.turn_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.ending = ""  # "hangup" / "transfer" once the bot ends the call
         self.played = asyncio.Event()
 
     # ---------------------------------------------------------------- receive
@@ -110,9 +109,10 @@ class MediaStreamSession:
                 if await self._handle(data):
                     break
         finally:
-            for task in list(self.tasks) + ([self.speaking] if self.speaking else []):
+            running = list(self.tasks) + ([self.speaking] if self.speaking else [])
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
             if self.call_sid:
                 logger.info("media stream of call %s ended", self.call_sid)
 
@@ -159,7 +159,7 @@ class MediaStreamSession:
     def _marked(self, name: str) -> None:
         if name in self.outstanding:
             self.outstanding.remove(name)
-            self.heard.append(self.said.get(name, ""))
+            self.heard.append(self.said.pop(name, ""))
         if not self.outstanding:
             self.played.set()
 
@@ -176,7 +176,12 @@ class MediaStreamSession:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("call %s: a turn failed", self.call_sid, exc_info=task.exception())
 
     # ---------------------------------------------------------------- turns
 
@@ -184,7 +189,12 @@ class MediaStreamSession:
         languages = list(self.channel.settings.languages)
         if self.language in languages:
             languages.sort(key=lambda code: code != self.language)
-        heard = await self.speech.transcribe(utterance, languages)
+        try:
+            heard = await self.speech.transcribe(utterance, languages)
+        except HablaError as e:  # as for a voice note: "could you say it again?"
+            logger.warning("call %s: speech-to-text failed: %s", self.call_sid, e)
+            await self._turn("/voice_unclear")
+            return
         if not heard.text:
             return  # noise: nothing to answer
         voice = {
@@ -222,15 +232,19 @@ class MediaStreamSession:
 
     async def _say(self, replies: Sequence[BotReply], language: str) -> None:
         text = " ".join(s for s in (spoken(r, language) for r in replies) if s)
+        turn = self.turns
         self.heard = []
         self.played.clear()
         for index, sentence in enumerate(sentences(text)):
-            audio = await self.speech.speak(sentence, language)
-            name = f"{self.turns}.{index}"
+            try:
+                frames = await self.speech.speak(sentence, language)
+            except HablaError as e:
+                logger.error("call %s: text-to-speech failed: %s", self.call_sid, e)
+                break
+            name = f"{turn}.{index}"
             self.said[name] = sentence
             self.outstanding.append(name)
-            for offset in range(0, len(audio), FRAME):
-                frame = audio[offset : offset + FRAME].ljust(FRAME, b"\xff")
+            for frame in frames:
                 await self._send({"event": "media", "media": {"payload": _b64(frame)}})
             await self._send({"event": "mark", "mark": {"name": name}})
         action = call_action(replies)
@@ -246,7 +260,7 @@ class MediaStreamSession:
             self.speaking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.speaking
-        cut = [self.said.get(name, "") for name in self.outstanding]
+        cut = [self.said.pop(name, "") for name in self.outstanding]
         self.outstanding.clear()
         self.played.set()
         await self._send({"event": "clear"})

@@ -42,10 +42,11 @@ from channels.base import ChannelServices, public_request_url
 from channels.call_text import CallOutput, call_action, spoken
 from channels.twilio import TwilioChannel
 from channels.twilio_media import MediaStreamSession
+from runtime.calls import FINAL
 from runtime.locales import to_locale
 from runtime.messages import InboundMessage, mask_phone
 from runtime.output import OutputChannel
-from runtime.settings import SettingsError
+from runtime.settings import language_map
 from runtime.turn import TurnContext
 
 logger = logging.getLogger(__name__)
@@ -61,24 +62,13 @@ FALLBACK_TEXTS = {
 }
 
 
-def parse_voices(raw: str) -> dict[str, str]:
-    """``HABLA_CALL_VOICES`` ('en=Polly.Joanna-Neural,es=...') as a mapping."""
-    out = {}
-    for item in filter(None, (p.strip() for p in raw.split(","))):
-        lang, sep, voice = item.partition("=")
-        if not sep or not lang.strip() or not voice.strip():
-            raise SettingsError([f"call.voices (HABLA_CALL_VOICES): {item!r} is not lang=voice"])
-        out[lang.strip().lower()] = voice.strip()
-    return out
-
-
 @dataclass(frozen=True)
 class CallStep:
     """Where a request is in a call, from the query string of its URL."""
 
-    step: str  # "start", "input", "silence", "wait"
+    step: str  # "start", "input", "silence", "wait", "after_stream"
     turn: int  # how many turns this call has had (message ids, and the next action URL)
-    silences: int = 0
+    silences: int = 0  # reprompts so far; for "wait": hold messages so far
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> CallStep:
@@ -96,21 +86,19 @@ class CallStep:
 
 
 class TwilioVoiceChannel(TwilioChannel):
-    """Calls to a Twilio number (gather mode). Shares the Twilio account's secrets and
-    signature checking with the messaging channel."""
+    """Calls to a Twilio number, in gather or stream mode (``HABLA_CALL_MODE``). Shares
+    the Twilio account's secrets and signature checking with the messaging channel."""
 
     name = "twilio_voice"
     paths = ("webhook", "status")
 
     def __init__(self, services: ChannelServices) -> None:
         super().__init__(services)
-        c = self.settings.call
-        self.voices = parse_voices(c.voices)
+        self.voices = language_map(self.settings.call.voices, "call.voices (HABLA_CALL_VOICES)")
         self.output = None  # calls are answered in the webhook's response
         self.sender = None  # type: ignore[assignment]
         self._turns: dict[str, asyncio.Task[TurnContext]] = {}
         self._after_stream: dict[str, str] = {}
-        self._texts: dict[str, dict[str, str]] = {}
 
     async def start(self) -> None:
         return None
@@ -166,7 +154,7 @@ class TwilioVoiceChannel(TwilioChannel):
         logger.info("call %s %s after %s s", call_sid, status, duration or "?")
         seconds = float(duration) if duration.isdigit() and len(duration) < 9 else None
         await self.services.calls.status(call_sid, status, seconds)
-        if status in ("completed", "busy", "failed", "no-answer", "canceled"):
+        if status in FINAL:
             self._after_stream.pop(call_sid, None)
             task = self._turns.pop(call_sid, None)
             if task is not None and not task.done():
@@ -204,10 +192,15 @@ class TwilioVoiceChannel(TwilioChannel):
     async def end_stream(self, call_sid: str, action: str) -> None:
         """A streamed call the bot ends: Twilio's redirect after the stream does it."""
         self._after_stream[call_sid] = action
+        await self._record_ending(call_sid, action, streamed=True)
+
+    async def _record_ending(self, call_sid: str, action: str, *, streamed: bool = False) -> None:
+        """The bot hangs up, or hands over to the transfer number. With no number set a
+        handover is only words (gather mode goes on; a closed stream hangs up)."""
         number = self.settings.call.transfer_number
         if action == "transfer" and number:
             await self.services.calls.ending(call_sid, "transfer", number)
-        else:
+        elif action == "hangup" or (action == "transfer" and streamed):
             await self.services.calls.ending(call_sid, "bot")
 
     async def _turn(
@@ -241,7 +234,7 @@ class TwilioVoiceChannel(TwilioChannel):
             if waits >= MAX_WAITS:
                 task.cancel()
                 self._turns.pop(call_sid, None)
-                return self._twiml(self._goodbye(msg, "utter_error", ""))
+                return self._twiml(self._goodbye("utter_error", ""))
             language = await self._language(msg)
             hold = VoiceResponse()
             self._say(hold, self.text("utter_call_hold", language), language)
@@ -250,15 +243,8 @@ class TwilioVoiceChannel(TwilioChannel):
         self._turns.pop(call_sid, None)
         ctx = task.result()
         await self.services.calls.turn(call_sid, ctx.language)
-        response = self.render(ctx, step.turn + 1)
-        action = call_action(ctx.replies)
-        if action == "hangup":
-            await self.services.calls.ending(call_sid, "bot")
-        elif action == "transfer" and self.settings.call.transfer_number:
-            await self.services.calls.ending(
-                call_sid, "transfer", self.settings.call.transfer_number
-            )
-        return self._twiml(response)
+        await self._record_ending(call_sid, call_action(ctx.replies))
+        return self._twiml(self.render(ctx, step.turn + 1))
 
     async def _silence(self, msg: InboundMessage, step: CallStep) -> web.Response:
         call_sid = msg.metadata["call"]["sid"]
@@ -273,7 +259,7 @@ class TwilioVoiceChannel(TwilioChannel):
         self, msg: InboundMessage, step: CallStep, language: str, *, reprompt: bool
     ) -> web.Response:
         if not reprompt:
-            return self._twiml(self._goodbye(msg, "utter_call_goodbye", language))
+            return self._twiml(self._goodbye("utter_call_goodbye", language))
         response = VoiceResponse()
         silences = step.silences + 1
         gather = self._gather(response, language, step.turn, (), silences)
@@ -281,7 +267,7 @@ class TwilioVoiceChannel(TwilioChannel):
         response.redirect(self._url("silence", step.turn, silences), method="POST")
         return self._twiml(response)
 
-    def _goodbye(self, msg: InboundMessage, name: str, language: str) -> VoiceResponse:
+    def _goodbye(self, name: str, language: str) -> VoiceResponse:
         response = VoiceResponse()
         self._say(response, self.text(name, language), language)
         response.hangup()
@@ -406,8 +392,6 @@ class TwilioVoiceChannel(TwilioChannel):
 
     def text(self, name: str, language: str, default: str | None = None) -> str:
         """A response of the domain in ``language`` (its unconditioned text, else ours)."""
-        texts = self._texts.get(name)
-        if texts is None:
-            texts = self._texts[name] = self.services.responses(name)
+        texts = self.services.responses(name)
         fallback = FALLBACK_TEXTS.get(name, "") if default is None else default
         return texts.get(language) or texts.get("") or fallback

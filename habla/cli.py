@@ -115,7 +115,7 @@ async def _shell(s: Settings) -> None:
             except EOFError:
                 break
             if text.strip():
-                await runtime.run_turn(
+                await runtime.converse(
                     InboundMessage(channel="shell", conversation_id="shell", text=text), out
                 )
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ from runtime.coordination import Coordination, Inbox, RedisInbox
 from runtime.deliveries import DeliveryLog
 from runtime.dispatch import Dispatcher
 from runtime.media import MediaHost
-from runtime.messages import SYSTEM_PREFIX, BotReply, InboundMessage, mask_phone
+from runtime.messages import SYSTEM_PREFIX, InboundMessage, mask_phone
 from runtime.settings import Settings
 from runtime.speech import CallSpeech
 from runtime.turn import Turn, TurnContext
@@ -73,7 +74,6 @@ class Runtime:
         services = ChannelServices(
             settings=settings,
             accept=self.accept,
-            run_turn=self.run_turn,
             delivery_status=self.deliveries.status,
             conversation_id=self.conversation_id,
             last_inbound=self.last_inbound,
@@ -84,7 +84,7 @@ class Runtime:
             call_speech=self.call_speech,
         )
         self._call_speech: CallSpeech | None = None
-        self._responses: dict[str, dict[str, str]] = {}
+        self._domain_responses: dict[str, list[dict[str, Any]]] = {}
         self.channels: dict[str, InputChannel]
         self.channels, self.closed_channels = wiring.build_channels(settings, services)
 
@@ -157,6 +157,7 @@ class Runtime:
             asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
         ]
         await self.media.start()
+        self._domain_responses = await asyncio.to_thread(wiring.domain_responses, s.path(s.bot.dir))
         self._turn = await wiring.build_turn(
             s,
             wiring.TurnParts(
@@ -167,6 +168,7 @@ class Runtime:
                 self.translator,
                 self.stt,
                 self.tts,
+                self._domain_responses,
             ),
         )
         for channel in self.channels.values():
@@ -251,10 +253,6 @@ class Runtime:
         self._queue(msg, output)
         return True
 
-    async def run_turn(self, msg: InboundMessage, output: OutputChannel) -> list[BotReply]:
-        ctx = await self.turn.run(msg, output)
-        return list(ctx.replies)
-
     async def converse(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
         return await self.turn.run(msg, output)
 
@@ -278,16 +276,8 @@ class Runtime:
         return language
 
     def responses(self, name: str) -> dict[str, str]:
-        """A domain response's texts by language (read once per name)."""
-        if name not in self._responses:
-            try:
-                self._responses[name] = wiring.authored_texts(
-                    self.settings.path(self.settings.bot.dir), name
-                )
-            except Exception:
-                logger.warning("the domain could not be read for %s", name, exc_info=True)
-                return {}
-        return self._responses[name]
+        """A domain response's texts by language (the domain is read at start)."""
+        return wiring.response_texts(self._domain_responses, name)
 
     async def close(self) -> None:
         await self.dispatcher.close()

@@ -235,6 +235,8 @@ class TurnParts:
     translator: CachingTranslator | None
     stt: SpeechToText | None
     tts: TextToSpeech | None
+    responses: Mapping[str, list[dict[str, Any]]]
+    """The domain's responses (:func:`domain_responses`)."""
 
 
 async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
@@ -244,7 +246,7 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
     c = parts.coordination
     detector = await asyncio.to_thread(build_detector, s)
     policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
-    authored = await asyncio.to_thread(AuthoredResponses.from_bot, s.path(s.bot.dir))
+    authored = AuthoredResponses(dict(parts.responses))
     nlu_languages = [code.strip() for code in s.i18n.nlu_languages.split(",") if code.strip()]
     deliver = Deliver(parts.deliveries, c.choices)
     return Turn(
@@ -265,31 +267,27 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
         locks=c.locks,
         inbox=c.inbox,
         retry=RetryPolicy(s.turn.attempts, s.turn.backoff_s),
-        error_reply=ErrorReplies.from_bot(s, c),
+        error_reply=ErrorReplies(s.turn.error_response, parts.responses, c),
         sender=deliver,
     )
 
 
 class ErrorReplies:
     """The reply to a turn that failed for good: the domain's ``turn.error_response``
-    (``utter_error``) in the conversation's language, else a plain sentence."""
+    (``utter_error``) in the conversation's language, else a plain sentence; nothing
+    when the setting is empty."""
 
     FALLBACK = "Sorry, something went wrong on our side. Please try again in a moment."
 
-    def __init__(self, texts: Mapping[str, str], default: str, coordination: Coordination) -> None:
-        self.texts, self.default, self.coordination = dict(texts), default, coordination
-
-    @classmethod
-    def from_bot(cls, settings: Settings, coordination: Coordination) -> ErrorReplies:
-        name = settings.turn.error_response
-        texts: dict[str, str] = {}
-        if name:
-            try:
-                texts = authored_texts(settings.path(settings.bot.dir), name)
-            except Exception as e:  # an unreadable domain fails training first; be safe
-                logger.warning("error response %s not read: %s", name, e)
-        default = texts.get("", "") or cls.FALLBACK if name else ""
-        return cls(texts, default, coordination)
+    def __init__(
+        self,
+        name: str,
+        responses: Mapping[str, list[dict[str, Any]]],
+        coordination: Coordination,
+    ) -> None:
+        self.texts = response_texts(responses, name) if name else {}
+        self.default = (self.texts.get("") or self.FALLBACK) if name else ""
+        self.coordination = coordination
 
     async def __call__(self, ctx: TurnContext) -> tuple[BotReply, ...]:
         if not self.default:
@@ -303,18 +301,23 @@ class ErrorReplies:
         return (BotReply(text=self.texts.get(language or "", self.default)),)
 
 
-def authored_texts(bot_dir: Path, response: str) -> dict[str, str]:
-    """A domain response's first text per ``language`` condition ("" unconditioned)."""
+def domain_responses(bot_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The bot's responses, read once at start-up (blocking: run it in a thread)."""
     from rasa.shared.core.domain import Domain
 
     path = bot_dir / "domain"
     domain = Domain.load(str(path if path.is_dir() else bot_dir / "domain.yml"))
+    return dict(domain.responses)
+
+
+def response_texts(responses: Mapping[str, list[dict[str, Any]]], name: str) -> dict[str, str]:
+    """A response's first text per ``language`` condition ("" unconditioned), leaving
+    out channel-specific variations."""
     texts: dict[str, str] = {}
-    for variation in domain.responses.get(response, []):
-        if not variation.get("text"):
+    for variation in responses.get(name, []):
+        if not variation.get("text") or variation.get("channel"):
             continue
         conditions = variation.get("condition") or []
         languages = [str(c.get("value")) for c in conditions if c.get("name") == "language"]
-        key = languages[0] if languages else ""
-        texts.setdefault(key, str(variation["text"]))
+        texts.setdefault(languages[0] if languages else "", str(variation["text"]))
     return texts

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from i18n.detect import Detection
@@ -116,14 +115,6 @@ class AuthoredResponses:
                     parts = re.split(r"\{[^{}]+\}", str(v["text"]))
                     pattern = re.compile("(?s)" + ".+?".join(map(re.escape, parts)))
                     self.patterns.append((pattern, langs))
-
-    @classmethod
-    def from_bot(cls, bot_dir: Path) -> AuthoredResponses:
-        from rasa.shared.core.domain import Domain
-
-        path = bot_dir / "domain"
-        domain = Domain.load(str(path if path.is_dir() else bot_dir / "domain.yml"))
-        return cls(domain.responses)
 
     def needs_translation(self, text: str, language: str) -> bool:
         """The reply is in the default language and ``language`` has no variant of it."""

@@ -305,7 +305,7 @@ class RedisChoices(Choices):
         return _load(raw) if raw else []
 
 
-class Coordination:
+class Coordination(ABC):
     """Conversation-scoped state every server process shares: locks, the inbox,
     numbered choices, language and reply preferences, the translation cache.
 
@@ -325,8 +325,9 @@ class Coordination:
         self.languages, self.translations = languages, translations
 
     @classmethod
+    @abstractmethod
     async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
-        raise NotImplementedError
+        """Connect the backend and build every store (registered in runtime/providers.py)."""
 
     async def close(self) -> None:
         await self.locks.close()

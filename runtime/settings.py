@@ -693,6 +693,18 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+def language_map(raw: str, where: str) -> dict[str, str]:
+    """A ``lang=value`` list ("es=es-ES-ElviraNeural,pt=pt-br") as a mapping; ``where``
+    names the setting in the error."""
+    out = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        lang, sep, value = item.partition("=")
+        if not sep or not lang.strip() or not value.strip():
+            raise SettingsError([f"{where}: {item!r} is not lang=value"])
+        out[lang.strip().lower()] = value.strip()
+    return out
+
+
 def _cast(kind: Any, raw: Any) -> Any:
     if kind in (bool, "bool"):
         if isinstance(raw, bool):
@@ -862,9 +874,14 @@ def _validate(s: Settings) -> list[str]:
         problems.append("call: input_timeout_s 1-60 and hold_after_s 1-13 (Twilio waits 15 s)")
     if s.call.speech_timeout != "auto" and not s.call.speech_timeout.isdigit():
         problems.append("call.speech_timeout (HABLA_CALL_SPEECH_TIMEOUT): auto or seconds")
-    for item in filter(None, (p.strip() for p in s.call.voices.split(","))):
-        if "=" not in item:
-            problems.append(f"call.voices (HABLA_CALL_VOICES): {item!r} is not lang=voice")
+    for raw, where in (
+        (s.voice.voices, "voice.voices (HABLA_TTS_VOICES)"),
+        (s.call.voices, "call.voices (HABLA_CALL_VOICES)"),
+    ):
+        try:
+            language_map(raw, where)
+        except SettingsError as e:
+            problems.extend(e.problems)
     if not 1 <= s.turn.attempts <= 10 or s.turn.backoff_s < 0:
         problems.append("turn.attempts (HABLA_TURN_ATTEMPTS) 1-10, turn.backoff_s >= 0")
     if s.store.tracker_cache < 0:

@@ -52,8 +52,11 @@ class CallListener(Protocol):
 class CallSpeech(Protocol):
     def listener(self) -> CallListener: ...
 
-    async def transcribe(self, utterance: Utterance, languages: Sequence[str]) -> Heard: ...
+    async def transcribe(self, utterance: Utterance, languages: Sequence[str]) -> Heard:
+        """Raises a HablaError (SpeechError) when the engine fails."""
+        ...
 
-    async def speak(self, text: str, language: str) -> bytes:
-        """``text`` as μ-law 8 kHz mono audio."""
+    async def speak(self, text: str, language: str) -> list[bytes]:
+        """``text`` as μ-law 8 kHz mono audio, in 20 ms frames (160 bytes each, the
+        last padded with silence). Raises a HablaError (SpeechError) on failure."""
         ...

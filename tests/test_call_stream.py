@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from habla.server import Runtime
+from runtime.errors import SpeechError
 from runtime.settings import Settings
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, SHARED_DATA, ServerFactory
 from tests.fakes.twilio_call import FakeCall
@@ -42,6 +43,8 @@ class HeardSTT(SpeechToText):
     ) -> Transcript:
         self.utterances.append(len(audio))
         text, language = self.script.pop(0) if self.script else ("", "")
+        if text == "!down":
+            raise SpeechError("heard: the engine is down", transient=True)
         return Transcript(text, language, 0.9, 1.0, self.name, 0.99)
 
 
@@ -175,3 +178,20 @@ async def test_asking_for_a_person_dials_the_number_after_the_stream(
     step = await after.after_stream()
     assert step.dial == "+34910000000"
     await stream.aclose()
+
+
+async def test_speech_to_text_down_asks_the_caller_to_say_it_again(
+    server: tuple[TestClient, Runtime],
+) -> None:
+    client, runtime = server
+    stream = await open_stream(client, "5", "+34600555555")
+    await stream.wait_for(lambda s: len(s.marks) >= 1, timeout=60)
+    HeardSTT.script.append(("!down", ""))
+    await stream.silence(6.0, realtime=False)  # a quiet line first
+    await stream.play(speech(), realtime=False)
+    await stream.silence(1.2, realtime=False)
+    await stream.wait_for(lambda s: any(n.startswith("2.") for n in s.mark_names), timeout=60)
+    tracker = await runtime.engine.tracker_store.retrieve("+34600555555")  # type: ignore[union-attr]
+    said = [e.text for e in tracker.events if type(e).__name__ == "UserUttered"]
+    assert said[-1] == "/voice_unclear"  # answered ("say it again"), not silence
+    await stream.hang_up()

@@ -82,10 +82,6 @@ class Recorder:
             self.accepted.append(msg)
             return True
 
-        async def run_turn(msg: InboundMessage, output: OutputChannel) -> list[BotReply]:
-            self.turns.append(msg)
-            return [BotReply(text="ok")]
-
         async def delivery_status(sid: str, status: str, code: str, error: str) -> bool:
             self.statuses.append((sid, status, code, error))
             return True
@@ -95,7 +91,7 @@ class Recorder:
 
         async def converse(msg: InboundMessage, output: OutputChannel) -> TurnContext:
             self.turns.append(msg)
-            return TurnContext(inbound=msg, output=output)
+            return TurnContext(inbound=msg, output=output, replies=(BotReply(text="ok"),))
 
         async def language(conversation_id: str) -> str | None:
             return None
@@ -103,7 +99,6 @@ class Recorder:
         return ChannelServices(
             settings=load_settings(env=base_env(data_dir) | env),
             accept=accept,
-            run_turn=run_turn,
             delivery_status=delivery_status,
             conversation_id=lambda channel, address: address,
             last_inbound=last_inbound,

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from runtime.errors import SpeechError
+
 SAMPLE_RATE = 16_000  # what speech-to-text engines read
 OPUS_RATE = 48_000  # Opus' native rate; WhatsApp voice notes are 48 kHz (or 16 kHz) mono
 OPUS_BITRATE = "24k"
@@ -55,8 +57,8 @@ _SEEKABLE = {"mov"}  # demuxers that need a file, not a pipe
 Samples = npt.NDArray[np.float32]
 
 
-class AudioError(ValueError):
-    """The audio is empty, corrupt, or of a type we do not accept."""
+class AudioError(SpeechError, ValueError):
+    """The audio is empty, corrupt, or of a type we do not accept (permanent)."""
 
 
 class _Timeout(AudioError):

@@ -17,7 +17,7 @@ from runtime.errors import SpeechError
 from runtime.speech import CallListener, Heard, SpeechOnset, Utterance
 from voice.audio import AudioError, decode_to_pcm16k
 from voice.stt.base import SpeechToText
-from voice.telephony import pcm_to_ulaw8k, ulaw8k_to_pcm16k
+from voice.telephony import frame_ulaw, pcm_to_ulaw8k, ulaw8k_to_pcm16k
 from voice.tts.base import TextToSpeech
 from voice.vad import SpeechEnded, SpeechStarted, UtteranceSegmenter
 
@@ -81,7 +81,7 @@ class PhoneSpeech:
         transcript = await self.stt.transcribe(wav16k(utterance.pcm16k), "audio/wav", languages)
         return Heard(transcript.text.strip(), transcript.language or "", transcript.confidence)
 
-    async def speak(self, text: str, language: str) -> bytes:
+    async def speak(self, text: str, language: str) -> list[bytes]:
         speech = await self.tts.synthesize(text, language, self.voices.get(language, ""))
         try:
             samples, _ = await asyncio.to_thread(
@@ -89,4 +89,5 @@ class PhoneSpeech:
             )
         except AudioError as e:
             raise SpeechError(f"the reply's audio could not be decoded: {e}") from e
-        return await asyncio.to_thread(pcm_to_ulaw8k, samples, 16000)
+        ulaw = await asyncio.to_thread(pcm_to_ulaw8k, samples, 16000)
+        return frame_ulaw(ulaw)

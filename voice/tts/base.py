@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from runtime.settings import Settings, SettingsError
+from runtime.settings import Settings, language_map
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,7 @@ class Speech:
 
 def parse_voices(settings: Settings) -> dict[str, str]:
     """``HABLA_TTS_VOICES`` ('es=es-ES-ElviraNeural,pt=...') as a mapping."""
-    out = {}
-    for item in filter(None, (p.strip() for p in settings.voice.voices.split(","))):
-        lang, sep, voice = item.partition("=")
-        if not sep or not lang.strip() or not voice.strip():
-            raise SettingsError([f"voice.voices (HABLA_TTS_VOICES): {item!r} is not lang=voice"])
-        out[lang.strip().lower()] = voice.strip()
-    return out
+    return language_map(settings.voice.voices, "voice.voices (HABLA_TTS_VOICES)")
 
 
 class TextToSpeech(ABC):
