@@ -51,15 +51,26 @@ def customer(tracker: Tracker) -> Customer:
         if event.get("event") == "user" and (event.get("metadata") or {}).get("channel"):
             meta = {**event["metadata"], **meta}
             break
+    channel = str(meta.get("channel") or tracker.get_latest_input_channel() or "")
+    where = {"channel": channel, "reply_to": meta.get("reply_to"), "from": meta.get("reply_from")}
+    on_call = channel if meta.get("call") else ""
+    messaging = meta.get("messaging")
+    if on_call and isinstance(messaging, dict):  # a caller: links go to their WhatsApp
+        where = {
+            "channel": messaging.get("channel"),
+            "reply_to": messaging.get("reply_to"),
+            "from": messaging.get("reply_from"),
+        }
     return Customer(
         conversation_id=tracker.sender_id,
-        channel=str(meta.get("channel") or tracker.get_latest_input_channel() or ""),
+        channel=str(where["channel"] or ""),
         phone=str(meta.get("phone") or ""),
         email=str(tracker.get_slot("email") or "") if "email" in tracker.slots else "",
         name=str(meta.get("profile_name") or ""),
         language=language(tracker),
-        reply_to=str(meta.get("reply_to") or ""),
-        reply_from=str(meta.get("reply_from") or ""),
+        reply_to=str(where["reply_to"] or ""),
+        reply_from=str(where["from"] or ""),
+        on_call=on_call,
     )
 
 
@@ -127,8 +138,12 @@ class ActionCheckout(UsesCommerce, Action):
             dispatcher.utter_message(response="utter_which_product_to_buy")
             return [SlotSet("product", None)]
         service = await self.service()
+        buyer = customer(tracker)
+        if not buyer.can_receive_messages:  # a caller with no WhatsApp to send the link to
+            dispatcher.utter_message(response="utter_checkout_needs_messages")
+            return [SlotSet("product", None)]
         confirmation = str(tracker.latest_message.get("message_id") or len(tracker.events))
-        order, status = await service.place_order(customer(tracker), product, 1, confirmation)
+        order, status = await service.place_order(buyer, product, 1, confirmation)
         variables = order_variables(order, language(tracker))
         if status == "unavailable":
             dispatcher.utter_message(response="utter_payments_unavailable", **variables)

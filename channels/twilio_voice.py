@@ -176,6 +176,10 @@ class TwilioVoiceChannel(TwilioChannel):
         conversation = (
             self.services.conversation_id(self.name, person) if person else f"call:{call_sid}"
         )
+        metadata: dict[str, Any] = {"call": {"sid": call_sid, "mode": mode}}
+        messaging = self.messaging(person)
+        if messaging:
+            metadata["messaging"] = messaging
         return InboundMessage(
             channel=self.name,
             conversation_id=conversation,
@@ -183,8 +187,31 @@ class TwilioVoiceChannel(TwilioChannel):
             sender=person,
             reply_to=caller,
             reply_from=called,
-            metadata={"call": {"sid": call_sid, "mode": mode}},
+            metadata=metadata,
         )
+
+    def messaging(self, person: str) -> dict[str, str]:
+        """Where this caller's written messages go (a payment link cannot be said): the
+        channel and addresses of their WhatsApp, or nothing (``HABLA_CALL_MESSAGING``)."""
+        s = self.settings
+        opened = {n.strip() for n in s.server.channels.split(",")}
+        cloud = bool(s.whatsapp.phone_number_id and s.whatsapp.access_token)
+        sender = s.call.whatsapp_from.removeprefix("whatsapp:")
+        via_twilio = bool(sender and s.twilio.account_sid and s.twilio.auth_token)
+        choice = s.call.messaging
+        if choice == "auto":
+            choice = "whatsapp" if cloud else "twilio" if via_twilio else "off"
+        if not person or choice not in opened:
+            return {}
+        if choice == "whatsapp" and cloud:
+            return {"channel": "whatsapp", "reply_to": person.lstrip("+"), "reply_from": ""}
+        if choice == "twilio" and via_twilio:
+            return {
+                "channel": "twilio",
+                "reply_to": f"whatsapp:{person}",
+                "reply_from": f"whatsapp:{sender}",
+            }
+        return {}
 
     def collector(self, call_sid: str) -> OutputChannel:
         return CallOutput(call_sid)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,13 @@ class Customer:
     language: str = ""
     reply_to: str = ""
     reply_from: str = ""
+    on_call: str = ""
+    """The call channel the customer is speaking on, when written messages (a payment
+    link) go to ``channel`` instead, or ``channel`` itself when they cannot be sent."""
+
+    @property
+    def can_receive_messages(self) -> bool:
+        return self.on_call != self.channel
 
     def contact(self) -> Contact:
         first, _, last = self.name.partition(" ")
@@ -97,6 +105,9 @@ class Commerce:
         self.outbox.register("crm.deal_stage", self._crm_deal_stage)
         self.outbox.register("crm.note", self._crm_note)
         self.outbox.register("crm.lead", self._crm_lead)
+        self.outbox.register("conversation.notify", self._notify)
+        self.notifier: Callable[[Order, str, str], Awaitable[bool]] | None = None
+        """Starts a turn about an order in its conversation (set by the server)."""
 
     @property
     def orders(self) -> OrderStore:
@@ -187,7 +198,32 @@ class Commerce:
             customer.conversation_id,
         )
         fresh = await self.orders.get(order.order_id) or order
-        return fresh, "link_sent" if job.status == "done" else job.status
+        status = "link_sent" if job.status == "done" else job.status
+        if status == "link_sent" and customer.on_call:
+            await self.send_link(fresh)
+        return fresh, status
+
+    async def send_link(self, order: Order) -> None:
+        """Write the payment link to the order's channel (a caller's WhatsApp): a turn of
+        its own in the conversation, queued by the server's outbox (so an engine worker
+        or an action server can ask for it, and it is sent once)."""
+        await self.outbox.enqueue(
+            "conversation.notify",
+            {"order_id": order.order_id, "intent": "payment_link_ready"},
+            f"link-message:{order.order_id}",
+            order.conversation_id,
+        )
+
+    async def _notify(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.notifier is None:  # not the server process: its outbox loop sends it
+            raise TransientError("only the server process starts conversation turns")
+        order = await self.orders.get(payload["order_id"])
+        if order is None:
+            raise PermanentError(f"order {payload['order_id']} does not exist")
+        key = f"{payload['intent']}:{order.order_id}"
+        if not await self.notifier(order, payload["intent"], key):
+            raise PermanentError(f"channel {order.channel!r} is not open")
+        return {"channel": order.channel}
 
     async def _checkout(self, payload: dict[str, Any]) -> dict[str, Any]:
         assert self.payments is not None

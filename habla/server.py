@@ -70,6 +70,7 @@ class Runtime:
         )
         self.commerce = wiring.build_commerce(settings, self.db)  # started in start()
         self.commerce.outbox.on_settled = self._outbox_settled
+        self.commerce.notifier = self.notify
         self.payment_webhook = PaymentWebhook(self.commerce, self.notify)
         services = ChannelServices(
             settings=settings,

@@ -387,6 +387,21 @@ class CallSettings:
         "HABLA_CALL_MIN_SILENCE_MS",
         "Stream mode: silence that ends the caller's utterance.",
     )
+    messaging: str = setting(
+        "auto",
+        "HABLA_CALL_MESSAGING",
+        "Where a caller's written messages go (a payment link cannot be said): whatsapp "
+        "(the Cloud API channel), twilio (WhatsApp through Twilio, from "
+        "HABLA_CALL_WHATSAPP_FROM), off (the bot says it cannot send one), or auto (the "
+        "first of those two that is configured).",
+        choices=("auto", "whatsapp", "twilio", "off"),
+    )
+    whatsapp_from: str = setting(
+        "",
+        "HABLA_CALL_WHATSAPP_FROM",
+        "The Twilio WhatsApp sender (e.g. whatsapp:+14155238886) that messages a caller "
+        "when HABLA_CALL_MESSAGING is twilio (or auto without the Cloud API).",
+    )
     transfer_number: str = setting(
         "",
         "HABLA_CALL_TRANSFER_NUMBER",
@@ -868,6 +883,15 @@ def _validate(s: Settings) -> list[str]:
         problems.append("HABLA_GOOGLE_PROJECT is required for the google translator")
     if s.call.transfer_number and not re.fullmatch(r"\+[1-9]\d{6,14}", s.call.transfer_number):
         problems.append("call.transfer_number (HABLA_CALL_TRANSFER_NUMBER): an E.164 number")
+    sender = s.call.whatsapp_from.removeprefix("whatsapp:")
+    if sender and not re.fullmatch(r"\+[1-9]\d{6,14}", sender):
+        problems.append("call.whatsapp_from (HABLA_CALL_WHATSAPP_FROM): whatsapp:+<E.164>")
+    if s.call.messaging == "twilio" and not (sender and s.twilio.account_sid):
+        problems.append(
+            "HABLA_CALL_MESSAGING=twilio needs HABLA_CALL_WHATSAPP_FROM and the Twilio account"
+        )
+    if s.call.messaging == "whatsapp" and not s.whatsapp.phone_number_id:
+        problems.append("HABLA_CALL_MESSAGING=whatsapp needs HABLA_WHATSAPP_PHONE_NUMBER_ID")
     if not 64 <= s.call.min_speech_ms <= 2000 or not 100 <= s.call.min_silence_ms <= 5000:
         problems.append("call: min_speech_ms 64-2000 and min_silence_ms 100-5000")
     if not 1 <= s.call.input_timeout_s <= 60 or not 1 <= s.call.hold_after_s <= 13:

@@ -15,9 +15,21 @@ from aiohttp.test_utils import TestClient
 from habla.server import Runtime
 from runtime.errors import SpeechError
 from runtime.settings import Settings
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, SHARED_DATA, ServerFactory
+from tests.conftest import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    PUBLIC_URL,
+    SHARED_DATA,
+    STRIPE_KEY,
+    WHSEC,
+    ServerFactory,
+    whatsapp_env,
+)
+from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.stripe_api import FakeStripeAPI
 from tests.fakes.twilio_call import FakeCall
 from tests.fakes.twilio_stream import FakeMediaStream
+from tests.test_whatsapp import envelope, post, text_msg
 from voice.stt.base import SpeechToText, Transcript
 
 LEOPARD = SHARED_DATA / "speech" / "picovoice-leopard" / "resources" / "audio_samples"
@@ -194,4 +206,49 @@ async def test_speech_to_text_down_asks_the_caller_to_say_it_again(
     tracker = await runtime.engine.tracker_store.retrieve("+34600555555")  # type: ignore[union-attr]
     said = [e.text for e in tracker.events if type(e).__name__ == "UserUttered"]
     assert said[-1] == "/voice_unclear"  # answered ("say it again"), not silence
+    await stream.hang_up()
+
+
+async def test_a_portuguese_caller_buys_and_gets_the_link_on_whatsapp(
+    make_server: ServerFactory, graph_api: FakeGraphAPI, stripe_api: FakeStripeAPI
+) -> None:
+    HeardSTT.script.clear()
+    env = whatsapp_env(graph_api.url) | {
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "HABLA_CALL_MODE": "stream",
+        "HABLA_STT": "tests.test_call_stream.HeardSTT",
+        "HABLA_TTS": "espeak",
+        "HABLA_PAYMENTS": "stripe",
+        "STRIPE_API_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "HABLA_STRIPE_API_BASE": stripe_api.url,
+    }
+    client, runtime = await make_server(env=env)
+    buyer = "+5511987654321"
+    # they wrote on WhatsApp today, so the bot may write there (WhatsApp's 24-hour rule)
+    resp = await post(client, envelope([text_msg(buyer.lstrip("+"), "olá")]))
+    assert resp.status == 200 and await runtime.dispatcher.wait_idle(60)
+    graph_api.sent.clear()
+    stream = await open_stream(client, "6", buyer)
+    await stream.wait_for(lambda s: len(s.marks) >= 1, timeout=60)
+    for turn, words in enumerate(("olá, quanto custa a caneca?", "quero comprar uma caneca")):
+        HeardSTT.script.append((words, "pt"))
+        await stream.play(speech("test_pt.wav", 2.0), realtime=False)
+        await stream.silence(1.2, realtime=False)
+        await stream.wait_for(
+            lambda s, n=turn + 2: any(m.startswith(f"{n}.") for m in s.mark_names), timeout=60
+        )
+    turns = [t for t in await bot_turns(runtime, buyer) if t]
+    assert any("12,50 EUR" in t and "caneca" in t.lower() for t in turns), turns
+    HeardSTT.script.append(("sim", "pt"))
+    await stream.play(speech("test_pt.wav", 1.0), realtime=False)
+    await stream.silence(1.2, realtime=False)
+    [sent] = await graph_api.wait_for(1)
+    assert sent["to"] == buyer.lstrip("+") and sent["type"] == "text"
+    assert sent["text"]["body"].startswith("Aqui está o link de pagamento do pedido HB")
+    [session] = stripe_api.sessions.values()
+    assert session["url"] in sent["text"]["body"]
+    turns = [t for t in await bot_turns(runtime, buyer) if t]
+    assert any(t.startswith("Enviei pelo WhatsApp o link") for t in turns), turns
     await stream.hang_up()

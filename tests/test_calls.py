@@ -17,10 +17,13 @@ from tests.conftest import (
     ACCOUNT_SID,
     AUTH_TOKEN,
     PUBLIC_URL,
+    STRIPE_KEY,
+    WHSEC,
     ServerFactory,
     post_twilio,
     whatsapp_form,
 )
+from tests.fakes.stripe_api import FakeStripeAPI
 from tests.fakes.twilio_api import FakeTwilioAPI
 from tests.fakes.twilio_call import FakeCall
 
@@ -208,6 +211,56 @@ async def test_a_slow_turn_holds_the_caller_and_answers_afterwards(
     release.set()
     greeting = await caller.silence()  # follows the redirect, as Twilio does
     assert "Hi! I'm the shop assistant" in greeting.text
+
+
+async def test_a_caller_buys_and_gets_the_payment_link_on_whatsapp(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, stripe_api: FakeStripeAPI
+) -> None:
+    env = TWILIO | {
+        "HABLA_TWILIO_API_BASE": twilio_api.url,
+        "HABLA_CALL_WHATSAPP_FROM": "whatsapp:+14155238886",
+        "HABLA_PAYMENTS": "stripe",
+        "STRIPE_API_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "HABLA_STRIPE_API_BASE": stripe_api.url,
+    }
+    client, runtime = await make_server(env=env)
+    buyer = "+34600444100"
+    caller = call(client, buyer, "11")
+    await caller.start()
+    confirm = await caller.say("hola, quiero comprar una taza")
+    assert "12,50 EUR" in confirm.text and "pulse 1" in confirm.text, confirm.text
+    said = await caller.say("sí")
+    assert "Te he enviado por WhatsApp el enlace de pago" in said.text, said.text
+    assert "http" not in said.text  # a link is never read out
+
+    [sent] = await twilio_api.wait_for(1)
+    assert (sent.to, sent.from_) == (f"whatsapp:{buyer}", "whatsapp:+14155238886")
+    [session] = stripe_api.sessions.values()
+    assert sent.body.startswith("Aquí tienes el enlace de pago del pedido HB")
+    assert session["url"] in sent.body
+    [order] = await runtime.commerce.orders.for_conversation(buyer)
+    assert (order.channel, order.status) == ("twilio", "link_sent")
+    assert order.metadata["reply_to"] == f"whatsapp:{buyer}"  # so is the payment's news
+
+
+async def test_a_caller_with_no_whatsapp_to_write_to_is_told_so(
+    make_server: ServerFactory, stripe_api: FakeStripeAPI
+) -> None:
+    env = TWILIO | {
+        "HABLA_PAYMENTS": "stripe",
+        "STRIPE_API_KEY": STRIPE_KEY,
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "HABLA_STRIPE_API_BASE": stripe_api.url,
+    }
+    client, runtime = await make_server(env=env)
+    caller = call(client, "+34600444101", "12")
+    await caller.start()
+    await caller.say("I want to buy a mug")
+    said = await caller.say("yes")
+    assert "Write to us on WhatsApp" in said.text, said.text
+    assert stripe_api.sessions == {}
+    assert await runtime.commerce.orders.for_conversation("+34600444101") == []
 
 
 @pytest.mark.parametrize("signature", ["", "bad"])
