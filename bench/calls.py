@@ -1,6 +1,6 @@
 """Phone calls in stream mode: from the end of the caller's speech to the bot's voice.
 
-    python -m bench.calls [--calls 1,4] [--turns 4] [--workers 0]
+    python -m bench.calls [--calls 1,4] [--turns 8] [--workers 1]
 
 habla serves the example bot in-process (aiohttp test server, loopback) with the
 offline engines (faster-whisper base, short encode; espeak-ng). A fake of Twilio's
@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ TOKEN = "bench-auth-token"
 PUBLIC = "https://bench.example.com"
 WSS = PUBLIC.replace("https://", "wss://") + "/webhooks/twilio_voice/stream"
 CLIPS = ("test_es.wav", "test_pt.wav", "test_fr.wav")
+STALLS: list[float] = []  # silences inside an answer, over every call of a run
 
 
 def clip(name: str, seconds: float = 2.5) -> Any:
@@ -77,15 +79,41 @@ async def open_call(client: TestClient, index: int, serial: int) -> Any:
     return stream
 
 
+class LoopLag:
+    """How late a 20 ms timer fires on the server's event loop (the pace of a call's
+    audio frames): Rasa, speech models or synthesis on the loop show up here."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.02
+            await asyncio.sleep(0.02)
+            self.lags.append(loop.time() - due)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.ensure_future(self._probe())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def one_call(client: TestClient, index: int, turns: int) -> tuple[list[float], int]:
     """``turns`` measured answers; a call the bot ends (it heard "goodbye" or "a
     person" in a clip) is dialled again. Returns the latencies and the calls made."""
     calls = 1
     stream = await open_call(client, index, calls)
     out: list[float] = []
+    stalls: list[float] = []
     turn = 0
     while len(out) < turns:
         if stream.closed:
+            stalls += stream.stalls
             await stream.aclose()
             calls += 1
             stream = await open_call(client, index, calls)
@@ -109,10 +137,11 @@ async def one_call(client: TestClient, index: int, turns: int) -> tuple[list[flo
     if not stream.closed:
         await stream.hang_up()
     await stream.aclose()
+    STALLS.extend(stalls + stream.stalls)
     return out, calls
 
 
-async def bench(concurrency: list[int], turns: int, workers: int) -> dict[int, list[float]]:
+async def bench(concurrency: list[int], turns: int, workers: int) -> dict[int, Run]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from habla.server import RUNTIME, create_app
     from nlu.logs import configure_logging
@@ -136,14 +165,23 @@ async def bench(concurrency: list[int], turns: int, workers: int) -> dict[int, l
     await client.start_server()
     runtime = app[RUNTIME]
     await asyncio.gather(*runtime._warmups)  # speech models loaded, as in service
-    results: dict[int, list[float]] = {}
+    results: dict[int, Run] = {}
     try:
         for n in concurrency:
-            per_call = await asyncio.gather(*(one_call(client, i, turns) for i in range(n)))
-            results[n] = [x for call, _ in per_call for x in call]
+            STALLS.clear()
+            with LoopLag() as lag:
+                per_call = await asyncio.gather(*(one_call(client, i, turns) for i in range(n)))
+            results[n] = Run([x for call, _ in per_call for x in call], lag.lags, list(STALLS))
     finally:
         await client.close()
     return results
+
+
+@dataclass
+class Run:
+    latencies: list[float]  # seconds: end of the caller's speech → the bot's first audio
+    lags: list[float]  # seconds a 20 ms timer fired late on the server's loop
+    stalls: list[float]  # seconds of silence inside one answer, as the caller heard it
 
 
 def pct(values: list[float], q: float) -> float:
@@ -154,8 +192,10 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="1,4", help="concurrent calls, comma-separated")
-    parser.add_argument("--turns", type=int, default=4, help="measured turns per call")
-    parser.add_argument("--workers", type=int, default=0, help="HABLA_ENGINE_WORKERS")
+    parser.add_argument("--turns", type=int, default=8, help="measured turns per call")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="HABLA_ENGINE_WORKERS (stream mode: at least 1)"
+    )
     args = parser.parse_args()
     concurrency = [int(c) for c in args.calls.split(",") if c.strip()]
     began = time.monotonic()
@@ -165,11 +205,22 @@ def main() -> None:
     print("end of the caller's speech (last voiced frame) → first frame of the bot's voice\n")
     print("| concurrent calls | turns | p50 (ms) | p90 (ms) | max (ms) | mean (ms) |")
     print("|---|---|---|---|---|---|")
-    for n, values in results.items():
-        ms = [v * 1000 for v in values]
+    for n, run in results.items():
+        ms = [v * 1000 for v in run.latencies]
         print(
             f"| {n} | {len(ms)} | {pct(ms, 0.5):.0f} | {pct(ms, 0.9):.0f} | {max(ms):.0f} "
             f"| {statistics.mean(ms):.0f} |"
+        )
+    print("\naudio pace while calls run: how late a 20 ms timer fires on the server's loop,")
+    print("and silences inside one answer (a sentence not ready when the previous one ended)\n")
+    print("| concurrent calls | loop lag p50 (ms) | p99 (ms) | max (ms) | stalls | longest (ms) |")
+    print("|---|---|---|---|---|---|")
+    for n, run in results.items():
+        lag = [v * 1000 for v in run.lags] or [0.0]
+        longest = max(run.stalls, default=0.0) * 1000
+        print(
+            f"| {n} | {pct(lag, 0.5):.1f} | {pct(lag, 0.99):.1f} | {max(lag):.0f} "
+            f"| {len(run.stalls)} | {longest:.0f} |"
         )
     print(
         f"\nof which {silence_ms} ms is the silence that ends an utterance "

@@ -279,7 +279,9 @@ class WhatsAppOutput(OutputChannel):
             )
             return Delivery(ok=True, provider_id=wamid, attempts=attempts)
         except TransientError as e:
-            return Delivery(ok=False, error=str(e), attempts=self.settings.send.max_attempts)
+            return Delivery(
+                ok=False, error=str(e), attempts=self.settings.send.max_attempts, transient=True
+            )
 
     async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
         to = msg.reply_to

@@ -238,7 +238,12 @@ class TwilioOutput(OutputChannel):
                 out.append(Delivery(ok=True, provider_id=sid, attempts=attempts))
             except TransientError as e:
                 out.append(
-                    Delivery(ok=False, error=str(e), attempts=self.settings.send.max_attempts)
+                    Delivery(
+                        ok=False,
+                        error=str(e),
+                        attempts=self.settings.send.max_attempts,
+                        transient=True,
+                    )
                 )
             except PermanentError as e:
                 out.append(Delivery(ok=False, error=str(e), attempts=1))

@@ -13,8 +13,8 @@ Without a configured token it answers 403 to everything.
 from __future__ import annotations
 
 import hmac
-import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,19 +22,25 @@ from aiohttp import web
 from commerce.service import Commerce
 from runtime.calls import CallLog
 from runtime.deliveries import DeliveryLog
-from runtime.sqlite import SQLite
 
 
 class AdminAPI:
     def __init__(
         self,
         token: str,
-        db: SQLite,
+        events: Callable[[str], Awaitable[list[dict[str, Any]]]],
         deliveries: DeliveryLog,
         commerce: Commerce | None = None,
         calls: CallLog | None = None,
     ) -> None:
-        self.token, self.db, self.deliveries, self.commerce = token, db, deliveries, commerce
+        """``events``: a conversation's events as Rasa's dicts, from the tracker store
+        (SQLite, MongoDB or memory), oldest first."""
+        self.token, self.events, self.deliveries, self.commerce = (
+            token,
+            events,
+            deliveries,
+            commerce,
+        )
         self.calls = calls
 
     def routes(self) -> list[web.RouteDef]:
@@ -50,19 +56,10 @@ class AdminAPI:
         return bool(self.token) and hmac.compare_digest(given.encode(), self.token.encode())
 
     async def _messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        exists = await self.db.fetchone(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-        )
-        if exists is None:  # the memory tracker store keeps nothing here
-            return []
-        rows = await self.db.fetchall(
-            "SELECT data FROM events WHERE sender_id = ? AND type_name IN ('user', 'bot') "
-            "ORDER BY seq",
-            (conversation_id,),
-        )
         out = []
-        for (raw,) in rows:
-            event = json.loads(raw)
+        for event in await self.events(conversation_id):
+            if event.get("event") not in ("user", "bot"):
+                continue
             item = {"from": event["event"], "text": event.get("text"), "at": event.get("timestamp")}
             if event["event"] == "user":
                 item["intent"] = (event.get("parse_data") or {}).get("intent", {}).get("name")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +25,7 @@ from habla.admin import AdminAPI
 from i18n.translation import CachingTranslator
 from nlu.engine import Engine
 from runtime.calls import CallLog
-from runtime.coordination import Coordination, Inbox, RedisInbox
-from runtime.deliveries import DeliveryLog
+from runtime.coordination import Coordination, EmbeddedCoordination, Inbox
 from runtime.dispatch import Dispatcher
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, InboundMessage, mask_phone
@@ -38,9 +38,6 @@ from voice.stt.base import SpeechToText
 from voice.tts.base import TextToSpeech, parse_voices
 
 logger = logging.getLogger(__name__)
-
-# A message pending this long in a shared Redis inbox belongs to a worker that died.
-SHARED_PENDING_STALE_S = 300.0
 
 
 class Runtime:
@@ -56,13 +53,16 @@ class Runtime:
         self._owns_engine = engine is None
         self.dispatcher = Dispatcher()
         self.db = wiring.database(settings)
-        self.deliveries = DeliveryLog(self.db)
+        self.deliveries = wiring.build_delivery_log(settings, self.db)
         self.calls = CallLog(self.db)
         self._turn: Turn | None = None
         self.translator: CachingTranslator | None = None
         self.stores: Coordination | None = None
         self.stt: SpeechToText | None = None
         self._warmups: list[asyncio.Task[None]] = []
+        self._held: dict[str, InboundMessage] = {}  # accepted, not yet settled, by key
+        self._leases: asyncio.Task[None] | None = None
+        self._tracker_store: Any = None
         self.tts: TextToSpeech | None = None
         v = settings.voice
         self.media = MediaHost(
@@ -117,9 +117,27 @@ class Runtime:
         for channel in self.channels.values():
             routes += channel.routes()
         admin = AdminAPI(
-            self.settings.rest.admin_token, self.db, self.deliveries, self.commerce, self.calls
+            self.settings.rest.admin_token,
+            self.conversation_events,
+            self.deliveries,
+            self.commerce,
+            self.calls,
         )
-        return routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
+        health = [web.get("/health", self.health)]
+        return (
+            health + routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
+        )
+
+    async def conversation_events(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every event of a conversation (all sessions), for the operator API."""
+        if self._tracker_store is None:
+            return []
+        tracker = await self._tracker_store.retrieve_full_tracker(conversation_id)
+        return [e.as_dict() for e in tracker.events] if tracker is not None else []
+
+    async def health(self, request: web.Request) -> web.Response:
+        """For load balancers: 200 once the server serves (it listens only when started)."""
+        return web.json_response({"status": "ok", "held": len(self._held)})
 
     def urls(self, base: str) -> dict[str, list[str]]:
         """Every webhook URL by channel (and the payment provider's)."""
@@ -137,7 +155,7 @@ class Runtime:
 
     async def start(self) -> None:
         s = self.settings
-        tracker_store = wiring.build_tracker_store(s, self.db)
+        tracker_store = self._tracker_store = wiring.build_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
         await self.calls.setup()
@@ -180,23 +198,40 @@ class Runtime:
                 name,
                 ", ".join(missing),
             )
-        await self.resume_pending()
+        # one server alone (embedded): everything unfinished is its own, from before a
+        # crash or stop; shared: what a dead server leased is claimed once its lease ends
+        await self.resume_pending(all_pending=isinstance(self.stores, EmbeddedCoordination))
+        self._leases = asyncio.create_task(self._keep_leases())
         await self.commerce.outbox.start()  # its retries may push events into turns
 
-    async def resume_pending(self) -> None:
-        """Messages acknowledged before a crash or stop: process them now."""
-        stale = SHARED_PENDING_STALE_S if isinstance(self.inbox, RedisInbox) else 0.0
-        pending = await self.inbox.pending(older_than_s=stale)
+    async def resume_pending(self, *, all_pending: bool = False) -> int:
+        """Acknowledged messages whose turn never ended, because their server crashed or
+        stopped: claim them (atomically; each goes to one server) and run their turns."""
+        pending = [
+            m for m in await self.inbox.claim(all_pending=all_pending) if m.key not in self._held
+        ]
         resumed = 0
         for msg in pending:
             channel = self.channels.get(msg.channel)
             if channel is not None and channel.output is not None:
-                self._queue(msg, channel.output)
+                self._queue(replace(msg, resumed=True), channel.output)
                 resumed += 1
             else:
                 await self.inbox.done(msg, "failed")
         if pending:
             logger.info("resumed %d of %d unfinished messages", resumed, len(pending))
+        return resumed
+
+    async def _keep_leases(self) -> None:
+        """Every third of a lease: renew the leases of the messages this server holds
+        (queued or in their turn), and claim those other servers stopped renewing."""
+        while True:
+            await asyncio.sleep(self.inbox.lease_s / 3)
+            try:
+                await self.inbox.renew(list(self._held.values()))
+                await self.resume_pending()
+            except Exception as e:  # the store is briefly down: next round
+                logger.warning("inbox leases: %s", e)
 
     async def _start_translator(self, stores: Coordination) -> CachingTranslator | None:
         translator = wiring.build_translator(self.settings)
@@ -244,8 +279,17 @@ class Runtime:
             await self.notify(order, intent, job.key)
 
     def _queue(self, msg: InboundMessage, output: OutputChannel) -> None:
-        turn = self.turn
-        self.dispatcher.submit(msg.conversation_id, lambda: turn.run(msg, output))
+        turn, held = self.turn, self._held
+        if msg.message_id:
+            held[msg.key] = msg  # its lease is renewed until its turn ends
+
+        async def run() -> None:
+            try:
+                await turn.run(msg, output)
+            finally:
+                held.pop(msg.key, None)
+
+        self.dispatcher.submit(msg.conversation_id, run)
 
     async def accept(self, msg: InboundMessage, output: OutputChannel) -> bool:
         if not await self.inbox.accept(msg):
@@ -282,6 +326,10 @@ class Runtime:
 
     async def close(self) -> None:
         await self.dispatcher.close()
+        if self._leases is not None:  # turns cancelled above: their leases run out
+            self._leases.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leases
         for channel in self.channels.values():
             await channel.close()
         if self._owns_engine and self.engine is not None:
@@ -297,6 +345,9 @@ class Runtime:
                 await engine.close()
         await self.media.close()
         await self.commerce.close()
+        await self.deliveries.close()
+        if hasattr(self._tracker_store, "close"):  # a client of its own (MongoDB)
+            await self._tracker_store.close()
         if self.stores is not None:
             await self.stores.close()
         await self.db.close()

@@ -35,7 +35,7 @@ from nlu.pool import WorkerPoolEngine
 from nlu.training import ensure_model
 from runtime import providers
 from runtime.coordination import Coordination
-from runtime.deliveries import DeliveryLog
+from runtime.deliveries import DeliveryLog, MongoDeliveryLog, SQLiteDeliveryLog
 from runtime.media import MediaHost
 from runtime.messages import BotReply
 from runtime.registry import Registry, UnknownProvider
@@ -44,6 +44,7 @@ from runtime.sqlite import SQLite
 from runtime.turn import (
     Acknowledge,
     Deliver,
+    DeliveryPolicy,
     Dialogue,
     ResolveChoice,
     RetryPolicy,
@@ -81,6 +82,18 @@ def _chosen(registry: Registry, name: str, base: type) -> Any:
 async def build_coordination(settings: Settings, db: SQLite) -> Coordination:
     cls = _load(providers.COORDINATION, settings.store.coordination, Coordination)
     return await cls.from_settings(settings, db)
+
+
+def build_delivery_log(settings: Settings, db: SQLite) -> DeliveryLog:
+    """Outbound messages and their statuses live with the conversations: in MongoDB
+    when the tracker store is (several servers share them), else in the SQLite file."""
+    if settings.store.tracker_store != "mongo":
+        return SQLiteDeliveryLog(db)
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    c = settings.commerce
+    client = AsyncIOMotorClient(c.mongo_url, serverSelectionTimeoutMS=10_000)
+    return MongoDeliveryLog(client[c.mongo_database])
 
 
 def build_tracker_store(settings: Settings, db: SQLite) -> Any:
@@ -196,10 +209,27 @@ def model_path(settings: Settings) -> Path:
 def build_engine(settings: Settings, model: Path, commerce: Commerce) -> Engine:
     """Rasa in this process, or in ``engine.workers`` processes (each built by
     :func:`worker_engine`). Load it, then bind the tracker store."""
-    if settings.engine.workers:
-        return WorkerPoolEngine(model, settings, settings.engine.workers, worker_engine)
+    workers = engine_workers(settings)
+    if workers:
+        return WorkerPoolEngine(model, settings, workers, worker_engine)
+    return rasa_engine(settings, model, commerce)
+
+
+def rasa_engine(settings: Settings, model: Path, commerce: Commerce) -> RasaEngine:
+    """Rasa in this process (the server's, or an engine worker's)."""
     endpoint = action_endpoint(settings, {"commerce": commerce})
     return RasaEngine(model, endpoint, settings.engine.parse_cache)
+
+
+def engine_workers(settings: Settings) -> int:
+    """``engine.workers``, but at least one while streamed calls are open: a call's audio
+    must never wait for Rasa on the event loop (bench/calls.py measures the loop's lag)."""
+    channels = {n.strip() for n in settings.server.channels.split(",")}
+    if settings.call.mode == "stream" and "twilio_voice" in channels:
+        if not settings.engine.workers:
+            logger.info("streamed calls: Rasa runs in an engine worker (HABLA_ENGINE_WORKERS=1)")
+        return max(1, settings.engine.workers)
+    return settings.engine.workers
 
 
 @contextlib.asynccontextmanager
@@ -211,11 +241,13 @@ async def worker_engine(settings: Settings, model: Path) -> AsyncIterator[Engine
     try:
         store = build_tracker_store(settings, db)
         await store.setup()
-        engine = build_engine(settings.with_overrides(engine={"workers": 0}), model, commerce)
+        engine = rasa_engine(settings, model, commerce)
         await engine.load()
         engine.bind_tracker_store(store)
         yield engine
         await engine.close()
+        if hasattr(store, "close"):  # a client of its own (MongoDB)
+            await store.close()
     finally:
         await commerce.close()
         await db.close()
@@ -248,7 +280,8 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
     policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
     authored = AuthoredResponses(dict(parts.responses))
     nlu_languages = [code.strip() for code in s.i18n.nlu_languages.split(",") if code.strip()]
-    deliver = Deliver(parts.deliveries, c.choices)
+    retry = DeliveryPolicy(s.send.retry_window_s, s.send.retry_backoff_s)
+    deliver = Deliver(parts.deliveries, c.choices, c.inbox, retry)
     return Turn(
         answer=[
             Acknowledge(),

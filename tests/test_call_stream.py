@@ -5,7 +5,7 @@ plays what habla sends, echoes marks when their audio has played and honours cle
 from __future__ import annotations
 
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -209,6 +209,11 @@ async def test_speech_to_text_down_asks_the_caller_to_say_it_again(
     await stream.hang_up()
 
 
+def answered(prefix: str) -> Callable[[FakeMediaStream], bool]:
+    """The bot's answer with marks named ``prefix...`` was sent."""
+    return lambda stream: any(m.startswith(prefix) for m in stream.mark_names)
+
+
 async def test_a_portuguese_caller_buys_and_gets_the_link_on_whatsapp(
     make_server: ServerFactory, graph_api: FakeGraphAPI, stripe_api: FakeStripeAPI
 ) -> None:
@@ -236,9 +241,7 @@ async def test_a_portuguese_caller_buys_and_gets_the_link_on_whatsapp(
         HeardSTT.script.append((words, "pt"))
         await stream.play(speech("test_pt.wav", 2.0), realtime=False)
         await stream.silence(1.2, realtime=False)
-        await stream.wait_for(
-            lambda s, n=turn + 2: any(m.startswith(f"{n}.") for m in s.mark_names), timeout=60
-        )
+        await stream.wait_for(answered(f"{turn + 2}."), timeout=60)
     turns = [t for t in await bot_turns(runtime, buyer) if t]
     assert any("12,50 EUR" in t and "caneca" in t.lower() for t in turns), turns
     HeardSTT.script.append(("sim", "pt"))

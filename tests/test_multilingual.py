@@ -153,7 +153,7 @@ async def test_translator_down_means_the_authored_language_not_a_lost_turn(
     # both directions were tried and failed (503): NLU ran on the French text
     assert {r.body["target"] for r in libre.requests} == {"en", "fr"}
     assert await chat.language() == "fr"
-    assert await chat.runtime.inbox.pending() == []  # the turn completed
+    assert await chat.runtime.inbox.claim(all_pending=True) == []  # the turn completed
 
 
 async def test_a_portuguese_user_over_the_cloud_api_and_a_spanish_one_over_rest(

@@ -22,21 +22,8 @@ from runtime.retry import TransientError
 from runtime.settings import SettingsError, load_settings
 from runtime.sqlite import SQLite
 from tests.conftest import base_env
-from tests.fakes.mongo import SecantusServer, secantusd_binary, secantusd_path
 
 OpenStore = Callable[[], Awaitable[OrderStore]]
-
-
-@pytest.fixture(scope="module")
-async def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    binary = secantusd_binary()
-    if binary is None:
-        pytest.skip(
-            f"no MongoDB test server: no executable at {secantusd_path()} (set "
-            "HABLA_TEST_SECANTUSD, or create the .tools/secantus venv as CI does)"
-        )
-    async with SecantusServer(binary, tmp_path_factory.mktemp("secantus")) as server:
-        yield server.url
 
 
 @pytest.fixture(params=["sqlite", "mongo"])

@@ -70,3 +70,6 @@ async def test_rest_is_open_only_for_a_local_dev_server(
     assert runtime.closed_channels["rest"] == ["HABLA_REST_TOKEN"]
     resp = await client.post("/webhooks/rest/webhook", json={"sender": "x", "message": "hi"})
     assert resp.status == 403
+    # a load balancer's health check does not depend on any channel being open
+    health = await client.get("/health")
+    assert health.status == 200 and (await health.json())["status"] == "ok"

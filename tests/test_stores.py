@@ -1,26 +1,21 @@
-"""Embedded and Redis stores: conversation state, inbox (dedupe), locks, ordering."""
+"""Embedded and Redis stores: inbox (dedupe, leases, claims), locks, ordering; two
+servers sharing Redis (conversation state: tests/test_tracker_stores.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from rasa.shared.core.domain import Domain
-from rasa.shared.core.events import (
-    ActionExecuted,
-    BotUttered,
-    SessionStarted,
-    SlotSet,
-    UserUttered,
-)
 
-from nlu.tracker_store import SQLiteTrackerStore
-from runtime.coordination import InProcessLocks, RedisInbox, RedisLocks, SQLiteInbox
+from runtime.coordination import Answer, InProcessLocks, RedisInbox, RedisLocks, SQLiteInbox
 from runtime.dispatch import Dispatcher
-from runtime.messages import InboundMessage, Location, MediaRef
+from runtime.messages import BotReply, InboundMessage, Location, MediaRef
 from runtime.sqlite import SQLite
+from runtime.turn import Dialogue
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
 from tests.fakes.twilio_api import FakeTwilioAPI
 
@@ -37,62 +32,6 @@ def _msg(mid: str, conv: str = "+34600111222", **kw: object) -> InboundMessage:
     return InboundMessage(channel="twilio", conversation_id=conv, message_id=mid, **kw)  # type: ignore[arg-type]
 
 
-async def test_sqlite_tracker_store_appends_and_survives_reopen(tmp_path: Path) -> None:
-    db = SQLite(tmp_path / "t.sqlite3")
-    store = SQLiteTrackerStore(db, DOMAIN)
-    await store.setup()
-    assert await store.retrieve("u1") is None
-    tracker = await store.get_or_create_tracker("u1")
-    tracker.update(UserUttered("hi", {"name": "greet", "confidence": 1.0}))
-    tracker.update(SlotSet("order_number", "AB12345"))
-    await store.save(tracker)
-    tracker.update(BotUttered("hello"))
-    await store.save(tracker)
-    await store.save(tracker)  # saving again adds nothing
-    count = await db.fetchone("SELECT COUNT(*) FROM events WHERE sender_id = 'u1'")
-    assert count == (len(tracker.events),)
-    await db.close()
-
-    db2 = SQLite(tmp_path / "t.sqlite3")  # a restart: a new connection to the file
-    store2 = SQLiteTrackerStore(db2, DOMAIN)
-    again = await store2.retrieve("u1")
-    assert again is not None
-    assert [e.as_dict()["event"] for e in again.events] == [
-        e.as_dict()["event"] for e in tracker.events
-    ]
-    assert again.get_slot("order_number") == "AB12345"
-    assert list(await store2.keys()) == ["u1"]
-    assert await store2.exists("u1") and not await store2.exists("u2")
-    await db2.close()
-
-
-async def test_sqlite_tracker_store_returns_latest_session(tmp_path: Path) -> None:
-    db = SQLite(tmp_path / "t.sqlite3")
-    store = SQLiteTrackerStore(db, DOMAIN)
-    await store.setup()
-    tracker = await store.get_or_create_tracker("u1")
-    tracker.update(UserUttered("old session"))
-    await store.save(tracker)
-    tracker.update(ActionExecuted("action_session_start"))
-    tracker.update(SessionStarted())
-    tracker.update(UserUttered("new session"))
-    await store.save(tracker)
-    latest = await store.retrieve("u1")
-    assert latest is not None
-    texts = [e.text for e in latest.events if isinstance(e, UserUttered)]
-    assert texts == ["new session"]
-    latest.update(BotUttered("reply"))
-    await store.save(latest)  # a sliced tracker appends only its new event
-    full = await store.retrieve_full_tracker("u1")
-    assert full is not None
-    assert [e.text for e in full.events if isinstance(e, UserUttered)] == [
-        "old session",
-        "new session",
-    ]
-    assert sum(isinstance(e, BotUttered) for e in full.events) == 1
-    await db.close()
-
-
 async def test_sqlite_inbox_dedupes_and_keeps_unfinished(tmp_path: Path) -> None:
     db = SQLite(tmp_path / "i.sqlite3")
     inbox = SQLiteInbox(db, ttl_s=3600)
@@ -107,13 +46,64 @@ async def test_sqlite_inbox_dedupes_and_keeps_unfinished(tmp_path: Path) -> None
     assert not await inbox.accept(rich)  # redelivery
     assert await inbox.accept(_msg("SM2"))
     assert await inbox.accept(InboundMessage(channel="rest", conversation_id="x"))  # no id
-    pending = await inbox.pending()
+    assert await inbox.claim() == []  # leased to this server while it works on them
+    pending = await inbox.claim(all_pending=True)  # a lone server's start takes them all
     assert [m.message_id for m in pending] == ["SM1", "SM2"]
     assert pending[0] == rich  # the whole message survives, media and location included
     await inbox.done(pending[0])
-    assert [m.message_id for m in await inbox.pending()] == ["SM2"]
+    assert not await inbox.is_pending(pending[0]) and await inbox.is_pending(pending[1])
+    assert [m.message_id for m in await inbox.claim(all_pending=True)] == ["SM2"]
     assert not await inbox.accept(rich)  # still a duplicate once done
     await db.close()
+
+
+async def _inbox_leases(inbox: Any) -> None:
+    """A message stays with the server renewing its lease; once renewal stops, one
+    claim (of several racing) takes it, and nobody after that."""
+    kept, lost = _msg("SMlease1"), _msg("SMlease2")
+    assert await inbox.accept(kept) and await inbox.accept(lost)
+    assert await inbox.claim() == []  # both leased to the server that accepted them
+    inbox.lease_s = -1.0  # from now on a lease is over as soon as it is given
+    await inbox.renew([lost])  # the server "dies": its last renewal has run out
+    inbox.lease_s = 60.0
+    await inbox.renew([kept])  # this one is still being worked on
+    claims = await asyncio.gather(*(inbox.claim() for _ in range(5)))
+    assert sorted(m.message_id for c in claims for m in c) == ["SMlease2"]  # exactly once
+    assert await inbox.claim() == []  # the claimer holds it now
+    await inbox.done(lost)
+    assert not await inbox.is_pending(lost)
+
+
+async def _inbox_line(inbox: Any) -> None:
+    """A conversation's messages take their turns in the order they were accepted."""
+    first, second = _msg("SMline1", "+34600999001"), _msg("SMline2", "+34600999001")
+    other = _msg("SMline3", "+34600999002")
+    for msg in (first, second, other):
+        assert await inbox.accept(msg)
+    assert await inbox.first_in_line(first) and not await inbox.first_in_line(second)
+    assert await inbox.first_in_line(other)  # another conversation is not held up
+    # the first one's answer waits for the provider: the line moves, delivery does not
+    await inbox.defer(first, Answer((BotReply("uno"),)), 60)
+    assert await inbox.first_in_line(second) and await inbox.waiting_before(second)
+    await inbox.done(first)
+    assert not await inbox.waiting_before(second)
+    assert await inbox.first_in_line(InboundMessage(channel="rest", conversation_id="x"))
+
+
+async def test_sqlite_inbox_leases_and_line(tmp_path: Path) -> None:
+    db = SQLite(tmp_path / "i.sqlite3")
+    inbox = SQLiteInbox(db, ttl_s=3600)
+    await inbox.setup()
+    await _inbox_leases(inbox)
+    await _inbox_line(inbox)
+    await db.close()
+
+
+async def test_redis_inbox_leases_and_line(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    await _inbox_leases(RedisInbox(client, ttl_s=60, prefix="t-lease"))
+    await _inbox_line(RedisInbox(client, ttl_s=60, prefix="t-line"))
+    await client.close()
 
 
 async def test_in_process_lock_serialises_one_conversation() -> None:
@@ -172,16 +162,33 @@ async def test_redis_lock_excludes_across_clients(redis_url: str) -> None:
     await c2.close()
 
 
+async def test_redis_lock_is_renewed_while_held(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    locks = RedisLocks(client, prefix="t-renew", ttl_s=0.3)
+    key = "t-renew:lock:+34600111333"
+    async with locks.lock("+34600111333"):
+        for _ in range(12):  # a turn that lasts four times the lock's expiry
+            await asyncio.sleep(0.1)
+            assert await client.pttl(key) > 0, "the lock expired while held"
+    assert await client.exists(key) == 0  # released
+    await client.close()
+
+
 async def test_redis_inbox_dedupes_across_clients(redis_url: str) -> None:
     c1, c2 = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
     a, b = RedisInbox(c1, ttl_s=60, prefix="t-inbox"), RedisInbox(c2, ttl_s=60, prefix="t-inbox")
     msg = _msg("SMredis1", text="hi")
     results = await asyncio.gather(a.accept(msg), b.accept(msg))
     assert sorted(results) == [False, True]  # exactly one instance takes it
-    assert [m.message_id for m in await b.pending()] == ["SMredis1"]
-    assert await a.pending(older_than_s=3600) == []  # fresh: another worker may own it
+    assert await a.claim() == []  # leased to the one that accepted it
+    assert [m.message_id for m in await b.claim(all_pending=True)] == ["SMredis1"]
+    # accepted in one step: seen, pending and leased together
+    assert await c1.hexists("t-inbox:pending", "twilio:SMredis1")
+    assert await c1.zscore("t-inbox:leases", "twilio:SMredis1") is not None
+    assert await c1.get("t-inbox:last:twilio:+34600111222") is not None
     await b.done(msg)
-    assert await a.pending() == []
+    assert await a.claim(all_pending=True) == [] and not await a.is_pending(msg)
+    assert await c1.zscore("t-inbox:leases", "twilio:SMredis1") is None
     ttl = await c1.ttl("t-inbox:seen:twilio:SMredis1")
     assert 0 < ttl <= 60
     await a.close()
@@ -215,36 +222,38 @@ async def test_two_instances_sharing_redis_process_a_redelivery_once(
     await aioredis.from_url(env["HABLA_REDIS_URL"]).flushdb()
 
 
-async def test_tracker_cache_serves_hot_conversations_and_notices_other_writers(
-    tmp_path: Path,
+async def test_a_server_that_stops_renewing_loses_its_messages_to_another(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, redis_url: str, tmp_path: Path
 ) -> None:
-    db = SQLite(tmp_path / "t.sqlite3")
-    store = SQLiteTrackerStore(db, DOMAIN, cache_size=10)
-    await store.setup()
-    tracker = await store.get_or_create_tracker("u1")
-    tracker.update(UserUttered("hi"))
-    await store.save(tracker)
-    hot = await store.retrieve("u1")
-    assert id(hot) == id(tracker)  # hot: the same object, no deserialisation
+    """Server A accepts a message (200 to Twilio) and dies before answering it: server
+    B claims it once A's lease runs out, within seconds, and answers it once."""
+    env = base_env(tmp_path / "shared", twilio_api.url) | {
+        "HABLA_COORDINATION": "redis",
+        "HABLA_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/4",
+        "HABLA_INBOX_LEASE_S": "1.5",
+    }
+    client_a, runtime_a = await make_server(env=env, data_dir=tmp_path / "a")
+    _, runtime_b = await make_server(env=env, data_dir=tmp_path / "b")
+    stuck = asyncio.Event()
+    dialogue = next(s for s in runtime_a.turn.answer_stages if isinstance(s, Dialogue))
 
-    # a turn that changed the tracker but failed before saving: reload from the table
-    tracker.update(BotUttered("never saved"))
-    fresh = await store.retrieve("u1")
-    assert fresh is not tracker and fresh is not None
-    assert not any(isinstance(e, BotUttered) for e in fresh.events)
+    class Stuck:
+        async def handle(self, msg: InboundMessage) -> list[BotReply]:
+            stuck.set()
+            await asyncio.Event().wait()  # A hangs in its turn...
+            raise AssertionError("unreachable")
 
-    # another process (its own connection and cache) appends: the stale copy is dropped
-    other_db = SQLite(tmp_path / "t.sqlite3")
-    other = SQLiteTrackerStore(other_db, DOMAIN, cache_size=10)
-    theirs = await other.retrieve("u1")
-    assert theirs is not None
-    theirs.update(SlotSet("order_number", "XY98765"))
-    await other.save(theirs)
-    ours = await store.retrieve("u1")
-    assert ours is not None and ours.get_slot("order_number") == "XY98765"
-    ours.update(BotUttered("after"))
-    await store.save(ours)
-    rows = await db.fetchall("SELECT type_name FROM events WHERE sender_id = 'u1' ORDER BY seq")
-    assert [r[0] for r in rows][-3:] == ["user", "slot", "bot"]
-    await other_db.close()
-    await db.close()
+    dialogue.engine = Stuck()
+    resp = await post_twilio(client_a, whatsapp_form("when are you open?", "+447700900124"))
+    assert resp.status == 200
+    await asyncio.wait_for(stuck.wait(), 30)
+    assert runtime_a._leases is not None
+    runtime_a._leases.cancel()  # ...and dies: no more renewals, the turn never settles
+    for task in list(runtime_a.dispatcher._tasks):
+        task.cancel()
+    [reply] = await twilio_api.wait_for(1, timeout=30)  # B took it over
+    assert "Monday" in reply.body and reply.to == "whatsapp:+447700900124"
+    assert await runtime_b.dispatcher.wait_idle(30)
+    assert len(twilio_api.sent) == 1
+    assert await runtime_b.inbox.claim(all_pending=True) == []  # settled
+    await aioredis.from_url(env["HABLA_REDIS_URL"]).flushdb()

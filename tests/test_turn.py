@@ -14,13 +14,21 @@ import numpy as np
 import pytest
 
 from runtime.coordination import InProcessLocks, LockTimeout, SQLiteChoices, SQLiteInbox
-from runtime.deliveries import DeliveryLog
+from runtime.deliveries import SQLiteDeliveryLog
 from runtime.errors import PermanentError, TransientError, classify, error_for_status
 from runtime.messages import BotReply, Button, Delivery, InboundMessage
 from runtime.output import OutputChannel
 from runtime.settings import Settings
 from runtime.sqlite import SQLite
-from runtime.turn import Deliver, Dialogue, RetryPolicy, Turn, TurnContext, match_choice
+from runtime.turn import (
+    Deliver,
+    DeliveryPolicy,
+    Dialogue,
+    RetryPolicy,
+    Turn,
+    TurnContext,
+    match_choice,
+)
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
 from tests.fakes.twilio_api import FakeTwilioAPI
 from voice.audio import pcm_to_ogg_opus
@@ -80,13 +88,19 @@ async def db(tmp_path: Path) -> Any:
     await db.close()
 
 
-async def make_turn(db: SQLite, engine: Engine, *before: Any, locks: Any = None) -> Any:
-    inbox, choices, log = SQLiteInbox(db, 86400), SQLiteChoices(db), DeliveryLog(db)
+async def make_turn(
+    db: SQLite,
+    engine: Engine,
+    *before: Any,
+    locks: Any = None,
+    policy: DeliveryPolicy | None = None,
+) -> Any:
+    inbox, choices, log = SQLiteInbox(db, 86400), SQLiteChoices(db), SQLiteDeliveryLog(db)
     for store in (inbox, choices, log):
         await store.setup()
     turn = Turn(
         [*before, Dialogue(engine)],
-        [Deliver(log, choices)],
+        [Deliver(log, choices, inbox, policy)],
         locks or InProcessLocks(),
         inbox,
         retry=FAST,
@@ -107,7 +121,129 @@ async def test_a_transient_failure_is_retried_and_answered_once(db: SQLite) -> N
     ctx = await turn.run(msg, out)
     assert engine.calls == 2 and not ctx.failed
     assert [r.text for r in out.sent] == ["you said hola"]
-    assert await inbox.pending() == []
+    assert await inbox.claim(all_pending=True) == []
+
+
+class Flaky(OutputChannel):
+    """A provider that answers 503 to the next ``down`` messages, then delivers."""
+
+    def __init__(self, down: int = 0) -> None:
+        self.down, self.tries = down, 0
+        self.sent: list[BotReply] = []
+
+    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+        self.tries += 1
+        if self.down:
+            self.down -= 1
+            return [Delivery(ok=False, error="twilio 503", attempts=5, transient=True)]
+        self.sent.append(reply)
+        return [Delivery(ok=True, provider_id=f"m{len(self.sent)}")]
+
+
+class TwoReplies(Engine):
+    async def handle(self, msg: InboundMessage) -> list[BotReply]:
+        self.calls += 1
+        return [BotReply(text=f"{msg.text} 1"), BotReply(text=f"{msg.text} 2")]
+
+
+async def resume(inbox: SQLiteInbox) -> list[InboundMessage]:
+    """What a server's claim of expired leases hands to a turn (leases over now)."""
+    await inbox.db.execute("UPDATE inbox SET lease_until = 0 WHERE status = 'pending'")
+    return [replace(m, resumed=True) for m in await inbox.claim()]
+
+
+class SecondFailsOnce(Flaky):
+    """Delivers the first reply; 503 on the first try of the second."""
+
+    failed = False
+
+    async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
+        if reply.text.endswith("2") and not self.failed:
+            self.failed = True
+            return [Delivery(ok=False, error="twilio 503", attempts=5, transient=True)]
+        return await super().send(msg, reply)
+
+
+async def test_replies_wait_for_a_provider_that_is_down_and_go_once(db: SQLite) -> None:
+    engine = TwoReplies()
+    turn, inbox = await make_turn(db, engine, policy=DeliveryPolicy(3600, 5.0, 300))
+    msg = message("hola")
+    await inbox.accept(msg)
+    out = SecondFailsOnce()
+    ctx = await turn.run(msg, out)
+    assert [r.text for r in out.sent] == ["hola 1"] and not ctx.failed
+    [row] = await db.fetchall("SELECT status, waiting, lease_until FROM inbox")
+    assert row[0] == "pending" and row[1] == 1 and row[2] > 0  # stored, waits, not lost
+    assert await inbox.claim() == []  # nobody takes it before its retry is due
+
+    [again] = await resume(inbox)  # the retry is due: any server claims it
+    await turn.run(again, out)
+    assert [r.text for r in out.sent] == ["hola 1", "hola 2"]  # only what was left
+    assert engine.calls == 1  # the dialogue is not run again for a retry
+    assert await inbox.claim(all_pending=True) == []
+
+
+async def test_a_later_answer_waits_behind_an_earlier_one(db: SQLite) -> None:
+    engine = Engine()
+    turn, inbox = await make_turn(db, engine, policy=DeliveryPolicy(3600, 5.0, 300))
+    first, second = message("uno", "SM1"), message("dos", "SM2")
+    second = replace(second, received_at=first.received_at + 1)
+    await inbox.accept(first)
+    await inbox.accept(second)
+    down = Flaky(down=1)
+    await turn.run(first, down)  # the provider is down: "uno" waits
+    up = Flaky()
+    await turn.run(second, up)  # the provider is back, but "dos" must not overtake
+    assert up.sent == [] and engine.calls == 2
+    for msg in sorted(await resume(inbox), key=lambda m: m.received_at):
+        await turn.run(msg, up)
+    assert [r.text for r in up.sent] == ["you said uno", "you said dos"]
+    assert engine.calls == 2
+    assert await inbox.claim(all_pending=True) == []
+
+
+async def test_replies_are_given_up_after_the_window(db: SQLite) -> None:
+    engine = Engine()
+    turn, inbox = await make_turn(db, engine, policy=DeliveryPolicy(0.0, 5.0, 300))
+    msg = message("hola")
+    await inbox.accept(msg)
+    out = Flaky(down=10)
+    await turn.run(msg, out)  # first failure: stored, retried later
+    assert out.tries == 1 and await inbox.is_pending(msg)
+    [again] = await resume(inbox)
+    await turn.run(again, out)  # the window (0 s here) is over: recorded as failed
+    assert not await inbox.is_pending(msg)
+    [status] = await db.fetchall("SELECT status FROM outbound")
+    assert status == ("failed",)
+
+
+async def test_a_resumed_message_the_dialogue_already_took_is_not_run_again(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, tmp_path: Path
+) -> None:
+    """The server died after Rasa saved the turn and before its replies were stored:
+    on resume the answer comes from the conversation, not from a second run."""
+    data = tmp_path / "data"
+    _, runtime = await make_server(env=base_env(data, twilio_api.url), data_dir=data)
+    form = whatsapp_form("when are you open?", "+447700900125")
+    msg = InboundMessage(
+        channel="twilio",
+        conversation_id="+447700900125",
+        message_id=form["MessageSid"],
+        text=form["Body"],
+        sender="+447700900125",
+        reply_to="whatsapp:+447700900125",
+        reply_from=form["To"],
+    )
+    replies = await runtime.engine.handle(msg)  # type: ignore[union-attr]  # then the "crash"
+    assert "Monday" in replies[0].text
+    await runtime.inbox.accept(msg)
+    [claimed] = await resume(runtime.inbox)  # type: ignore[arg-type]
+    before = len((await runtime.engine.tracker_store.retrieve(msg.conversation_id)).events)  # type: ignore[union-attr]
+    await runtime.turn.run(claimed, runtime.channels["twilio"].output)  # type: ignore[arg-type]
+    after = len((await runtime.engine.tracker_store.retrieve(msg.conversation_id)).events)  # type: ignore[union-attr]
+    assert after == before  # no second user message, no second answer in the state
+    [sent] = twilio_api.to("whatsapp:+447700900125")
+    assert "Monday" in sent.body
 
 
 async def test_a_turn_that_fails_for_good_tells_the_user(db: SQLite) -> None:
@@ -157,10 +293,12 @@ async def test_cancelled_before_the_dialogue_the_message_stays_pending(db: SQLit
     with pytest.raises(asyncio.CancelledError):
         await task
     assert engine.calls == 0
-    assert [m.message_id for m in await inbox.pending()] == ["SM1"]  # processed on resume
+    assert [m.message_id for m in await inbox.claim(all_pending=True)] == [
+        "SM1"
+    ]  # processed on resume
 
 
-async def test_cancelled_after_the_dialogue_ran_it_is_settled_not_redone(db: SQLite) -> None:
+async def test_cancelled_in_the_dialogue_it_stays_pending_to_be_resumed(db: SQLite) -> None:
     engine = Engine()
     engine.hold = asyncio.Event()
     turn, inbox = await make_turn(db, engine)
@@ -171,9 +309,10 @@ async def test_cancelled_after_the_dialogue_ran_it_is_settled_not_redone(db: SQL
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await inbox.pending() == []  # settled: never run twice
-    row = await db.fetchall("SELECT status FROM inbox WHERE message_id = ?", ("SM1",))
-    assert row == [("cancelled",)]
+    # resumed later (the engine then answers from the conversation if Rasa had taken
+    # it in: test_a_resumed_message_the_dialogue_already_took_is_not_run_again)
+    [again] = await resume(inbox)
+    assert again.message_id == "SM1" and again.resumed
 
 
 async def test_answer_runs_without_delivering(db: SQLite) -> None:

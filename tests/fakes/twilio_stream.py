@@ -123,6 +123,10 @@ class FakeMediaStream:
         self.clear_times: list[float] = []  # monotonic arrival time of each ``clear``
         self.dropped = 0  # bytes of audio dropped by ``clear`` before they were played
         self.received_audio = bytearray()  # every outbound media payload, in order
+        # silences inside one answer: the caller heard all of a sentence before the next
+        # one arrived (seconds each; marks name sentences "<turn>.<index>")
+        self.stalls: list[float] = []
+        self._starved: tuple[float, str] | None = None
         self._heard = bytearray()
         self._queue: deque[bytearray | _Mark] = deque()
         self._play_end: float | None = None  # when the last played frame finished
@@ -458,6 +462,10 @@ class FakeMediaStream:
                 self.errors.append(f"media without a base64 payload: {data[:80]!r}")
                 return
             self.received_audio.extend(payload)
+            ended = self._play_end
+            if payload and not self.pending_audio and ended is not None and at > ended:
+                if self.marks and self._starved is None:
+                    self._starved = (at - ended, self.marks[-1].name)
             if payload:
                 tail = self._queue[-1] if self._queue else None
                 if isinstance(tail, bytearray):
@@ -470,6 +478,9 @@ class FakeMediaStream:
             if not isinstance(name, str):
                 self.errors.append(f"mark without a name: {data[:80]!r}")
                 return
+            starved, self._starved = self._starved, None
+            if starved and starved[1].split(".")[0] == name.split(".")[0]:
+                self.stalls.append(starved[0])
             self._queue.append(_Mark(name))
             self._queued.set()
         elif event == "clear":

@@ -1,0 +1,200 @@
+"""Conversation state in MongoDB (motor), shared by every server: the same append-only
+event log as the SQLite store (``nlu/tracker_store.py``), one document per event.
+
+``events`` holds ``{sender_id, seq, type_name, timestamp, data}`` with a unique index on
+``(sender_id, seq)``: a save inserts only the events the collection does not have yet,
+numbered after the last one, so a save is never a rewrite of the conversation, and two
+servers that ever raced on one conversation (the conversation lock prevents it) would
+collide on the index instead of interleaving. Retrieving reads from the latest
+``session_started`` on. Recently active conversations stay deserialized in memory; a
+cached tracker is handed out only while the collection still ends where it ended when
+this server saved or loaded it (one indexed query for the last ``seq``), so a turn
+another server ran is never missed. Every call runs on motor's event-loop driver: no
+blocking call on the loop (Rasa's own ``MongoTrackerStore`` uses blocking pymongo).
+
+Production MongoDB: a replica set with ``w=majority`` (in the URL:
+``?w=majority&retryWrites=true``) so an acknowledged turn survives a primary's loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Optional, TypeVar
+
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from rasa.core.tracker_store import SerializedTrackerAsText, TrackerStore
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import SessionStarted
+from rasa.shared.core.trackers import DialogueStateTracker
+
+from runtime.errors import TransientError
+from runtime.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_BASE = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
+
+
+class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
+    """Append-only event log per conversation in MongoDB; retrieves the latest session."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str = "habla",
+        domain: Optional[Domain] = None,
+        cache_size: int = 0,
+        *,
+        server_selection_timeout_s: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(domain, **kwargs)
+        self.url, self.database, self.cache_size = url, database, cache_size
+        self.timeout_ms = int(server_selection_timeout_s * 1000)
+        self._client: Any = None
+        self.events: Any = None
+        self._hot: OrderedDict[str, tuple[DialogueStateTracker, int]] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Any = None) -> MongoTrackerStore:
+        c = settings.commerce
+        if not c.mongo_url:
+            raise SettingsError(["HABLA_MONGO_URL is required when the tracker store is mongo"])
+        return cls(c.mongo_url, c.mongo_database, cache_size=settings.store.tracker_cache)
+
+    async def setup(self) -> None:
+        if self._client is None:
+            self._client = AsyncIOMotorClient(self.url, serverSelectionTimeoutMS=self.timeout_ms)
+        self.events = self._client[self.database]["events"]
+
+        async def indexes() -> None:
+            await self.events.create_index(
+                [("sender_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="event_seq"
+            )
+            await self.events.create_index(
+                [("sender_id", ASCENDING), ("type_name", ASCENDING), ("seq", ASCENDING)],
+                name="event_session",
+            )
+
+        await self._call(indexes)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    @staticmethod
+    async def _call(op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except ConnectionFailure as e:  # unreachable, timed out, primary stepped down
+            raise TransientError(f"mongo: {type(e).__name__}: {e}") from e
+
+    def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
+        if self.cache_size <= 0:
+            return
+        self._hot[tracker.sender_id] = (tracker, next_seq)
+        self._hot.move_to_end(tracker.sender_id)
+        while len(self._hot) > self.cache_size:
+            self._hot.popitem(last=False)
+
+    async def _next_seq(self, sender_id: str) -> tuple[int, float]:
+        last = await self._call(
+            lambda: self.events.find_one(
+                {"sender_id": sender_id},
+                {"_id": False, "seq": True, "timestamp": True},
+                sort=[("seq", DESCENDING)],
+            )
+        )
+        return (int(last["seq"]) + 1, float(last["timestamp"])) if last else (0, 0.0)
+
+    async def save(self, tracker: DialogueStateTracker) -> None:
+        if self.event_broker is not None:
+            await self.stream_events(tracker)
+        events = list(tracker.events)
+        next_seq, last_ts = await self._next_seq(tracker.sender_id)
+        start = next_seq - getattr(tracker, _BASE, 0)
+        aligned = 0 <= start <= len(events)
+        if aligned:
+            new = [e.as_dict() for e in events[start:]]
+        else:  # the tracker was not retrieved from here: fall back to time
+            new = [d for d in (e.as_dict() for e in events) if d["timestamp"] > last_ts]
+        docs = [
+            {
+                "sender_id": tracker.sender_id,
+                "seq": next_seq + i,
+                "type_name": e["event"],
+                "timestamp": e["timestamp"],
+                "data": e,
+            }
+            for i, e in enumerate(new)
+        ]
+        if docs:
+            try:
+                await self._call(lambda: self.events.insert_many(docs, ordered=True))
+            except DuplicateKeyError as e:  # another writer got there first: retry the turn
+                self._hot.pop(tracker.sender_id, None)
+                raise TransientError(f"conversation {tracker.sender_id[-4:]} moved on") from e
+        if aligned:
+            self._remember(tracker, next_seq + len(docs))
+        else:
+            self._hot.pop(tracker.sender_id, None)
+
+    async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
+        start = 0
+        if not full:
+            session = await self._call(
+                lambda: self.events.find_one(
+                    {"sender_id": sender_id, "type_name": SessionStarted.type_name},
+                    {"_id": False, "seq": True},
+                    sort=[("seq", DESCENDING)],
+                )
+            )
+            start = int(session["seq"]) if session else 0
+
+        async def read() -> list[dict[str, Any]]:
+            cursor = self.events.find(
+                {"sender_id": sender_id, "seq": {"$gte": start}},
+                {"_id": False, "seq": True, "data": True},
+            ).sort("seq", ASCENDING)
+            return [doc async for doc in cursor]
+
+        docs = await self._call(read)
+        if not docs:
+            return None
+        tracker = DialogueStateTracker.from_dict(
+            sender_id, [d["data"] for d in docs], self.domain.slots
+        )
+        setattr(tracker, _BASE, int(docs[0]["seq"]))
+        return tracker
+
+    async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
+        hot = self._hot.pop(sender_id, None)
+        if hot is not None:
+            tracker, next_seq = hot
+            current, _ = await self._next_seq(sender_id)
+            unsaved = len(tracker.events) != next_seq - getattr(tracker, _BASE, 0)
+            if current == next_seq and not unsaved:
+                self._remember(tracker, next_seq)
+                return tracker
+        tracker = await self._load(sender_id, full=False)
+        if tracker is not None:
+            self._remember(tracker, getattr(tracker, _BASE) + len(tracker.events))
+        return tracker
+
+    async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
+        return await self._load(conversation_id, full=True)
+
+    async def exists(self, conversation_id: str) -> bool:
+        doc = await self._call(
+            lambda: self.events.find_one({"sender_id": conversation_id}, {"_id": True})
+        )
+        return doc is not None
+
+    async def keys(self) -> Iterable[str]:
+        return [str(k) for k in await self._call(lambda: self.events.distinct("sender_id"))]
