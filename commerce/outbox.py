@@ -8,9 +8,10 @@ the operator (``GET /api/outbox``). Every handler is idempotent (the CRM adapter
 upsert by a reference, Stripe gets an idempotency key), so a retry after a timeout
 that did reach the provider creates nothing twice.
 
-Jobs live in the embedded SQLite file, shared by every process on the machine: the
-server process runs the retry loop; the action code in any process may add jobs and
-try them once. A lease stops two processes running one job at the same time.
+Jobs live in the embedded SQLite file, shared by every process on the machine, or in
+MongoDB, shared by every server (``HABLA_ORDER_STORE=mongo``: the commerce state lives
+together). Server processes run the retry loop; the action code in any process may add
+jobs and try them once. A lease stops two processes running one job at the same time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,10 +105,210 @@ class Job:
         }
 
 
+class JobStore(ABC):
+    """Where the outbox keeps its jobs: SQLite (one machine) or MongoDB (shared by every
+    server). Every method is one atomic write or read; jobs are addressed by key."""
+
+    @abstractmethod
+    async def setup(self) -> None: ...
+
+    @abstractmethod
+    async def insert(
+        self, kind: str, payload: dict[str, Any], key: str, conversation_id: str, next_at: float
+    ) -> Job:
+        """Store a pending job unless one has the key; the stored job either way."""
+
+    @abstractmethod
+    async def claim(self, key: str, lease_until: float, now: float, due_only: bool) -> bool:
+        """Lease a pending job nobody holds (and, with ``due_only``, that is due)."""
+
+    @abstractmethod
+    async def retry(self, key: str, attempts: int, next_at: float, error: str) -> None:
+        """A transient failure: due again at ``next_at``, lease released."""
+
+    @abstractmethod
+    async def finish(
+        self, key: str, status: str, attempts: int, error: str, result: dict[str, Any]
+    ) -> None: ...
+
+    @abstractmethod
+    async def get(self, key: str) -> Job | None: ...
+
+    @abstractmethod
+    async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
+        """The latest jobs first (``status``: only those)."""
+
+    @abstractmethod
+    async def due(self, now: float, limit: int = 50) -> list[Job]:
+        """Pending jobs that are due and not leased, soonest first."""
+
+    async def close(self) -> None:
+        return None
+
+
+class SQLiteJobs(JobStore):
+    def __init__(self, db: SQLite) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        await self.db.script(SCHEMA)
+
+    async def insert(
+        self, kind: str, payload: dict[str, Any], key: str, conversation_id: str, next_at: float
+    ) -> Job:
+        now = time.time()
+
+        def insert(conn: sqlite3.Connection) -> tuple[Any, ...]:
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox (key, kind, payload, conversation_id, status, "
+                "attempts, next_at, lease_until, last_error, result, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', 0, ?, 0, '', '{}', ?, ?)",
+                (key, kind, json.dumps(payload), conversation_id, next_at, now, now),
+            )
+            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
+            return tuple(row)
+
+        return Job.from_row(await self.db.run(insert))
+
+    async def claim(self, key: str, lease_until: float, now: float, due_only: bool) -> bool:
+        due = "AND next_at <= ?" if due_only else ""
+        params: tuple[Any, ...] = (lease_until, key, now) + ((now,) if due_only else ())
+        changed = await self.db.execute(
+            "UPDATE outbox SET lease_until = ? WHERE key = ? AND status = 'pending' "
+            f"AND lease_until < ? {due}",
+            params,
+        )
+        return changed == 1
+
+    async def retry(self, key: str, attempts: int, next_at: float, error: str) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET attempts = ?, next_at = ?, lease_until = 0, "
+            "last_error = ?, updated_at = ? WHERE key = ?",
+            (attempts, next_at, error, time.time(), key),
+        )
+
+    async def finish(
+        self, key: str, status: str, attempts: int, error: str, result: dict[str, Any]
+    ) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET status = ?, attempts = ?, lease_until = 0, last_error = ?, "
+            "result = ?, updated_at = ? WHERE key = ?",
+            (status, attempts, error, json.dumps(result), time.time(), key),
+        )
+
+    async def get(self, key: str) -> Job | None:
+        row = await self.db.fetchone(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,))
+        return Job.from_row(row) if row else None
+
+    async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
+        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
+        rows = await self.db.fetchall(
+            f"SELECT {COLUMNS} FROM outbox {where} ORDER BY id DESC LIMIT {int(limit)}", params
+        )
+        return [Job.from_row(r) for r in rows]
+
+    async def due(self, now: float, limit: int = 50) -> list[Job]:
+        rows = await self.db.fetchall(
+            f"SELECT {COLUMNS} FROM outbox WHERE status = 'pending' AND next_at <= ? "
+            f"AND lease_until < ? ORDER BY next_at LIMIT {int(limit)}",
+            (now, now),
+        )
+        return [Job.from_row(r) for r in rows]
+
+
+class MongoJobs(JobStore):
+    """Jobs in MongoDB (``outbox``, unique ``key``), shared by every server: any server's
+    retry loop takes a due job, and a lease (``find_one_and_update`` on an unleased
+    pending job) lets only one run it at a time. ``database``: a motor database."""
+
+    FIELDS = {"_id": False, "lease_until": False}
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self.outbox = database["outbox"]
+
+    async def setup(self) -> None:
+        await self.outbox.create_index("key", unique=True, name="key_unique")
+        await self.outbox.create_index([("status", 1), ("next_at", 1)], name="due")
+
+    async def close(self) -> None:
+        self.database.client.close()
+
+    async def insert(
+        self, kind: str, payload: dict[str, Any], key: str, conversation_id: str, next_at: float
+    ) -> Job:
+        now = time.time()
+        doc = {
+            "id": 0,
+            "key": key,
+            "kind": kind,
+            "payload": payload,
+            "conversation_id": conversation_id,
+            "status": "pending",
+            "attempts": 0,
+            "next_at": next_at,
+            "lease_until": 0.0,
+            "last_error": "",
+            "result": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+        await self.outbox.update_one({"key": key}, {"$setOnInsert": doc}, upsert=True)
+        job = await self.get(key)
+        assert job is not None
+        return job
+
+    async def claim(self, key: str, lease_until: float, now: float, due_only: bool) -> bool:
+        query: dict[str, Any] = {"key": key, "status": "pending", "lease_until": {"$lt": now}}
+        if due_only:
+            query["next_at"] = {"$lte": now}
+        doc = await self.outbox.find_one_and_update(
+            query, {"$set": {"lease_until": lease_until}}, {"_id": True}
+        )
+        return doc is not None
+
+    async def retry(self, key: str, attempts: int, next_at: float, error: str) -> None:
+        update = {
+            "attempts": attempts,
+            "next_at": next_at,
+            "lease_until": 0.0,
+            "last_error": error,
+            "updated_at": time.time(),
+        }
+        await self.outbox.update_one({"key": key}, {"$set": update})
+
+    async def finish(
+        self, key: str, status: str, attempts: int, error: str, result: dict[str, Any]
+    ) -> None:
+        update = {
+            "status": status,
+            "attempts": attempts,
+            "lease_until": 0.0,
+            "last_error": error,
+            "result": result,
+            "updated_at": time.time(),
+        }
+        await self.outbox.update_one({"key": key}, {"$set": update})
+
+    async def get(self, key: str) -> Job | None:
+        doc = await self.outbox.find_one({"key": key}, self.FIELDS)
+        return Job(**doc) if doc else None
+
+    async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
+        query = {"status": status} if status else {}
+        cursor = self.outbox.find(query, self.FIELDS).sort("created_at", -1).limit(int(limit))
+        return [Job(**doc) async for doc in cursor]
+
+    async def due(self, now: float, limit: int = 50) -> list[Job]:
+        query = {"status": "pending", "next_at": {"$lte": now}, "lease_until": {"$lt": now}}
+        cursor = self.outbox.find(query, self.FIELDS).sort("next_at", 1).limit(int(limit))
+        return [Job(**doc) async for doc in cursor]
+
+
 class Outbox:
     def __init__(
         self,
-        db: SQLite,
+        store: SQLite | JobStore,
         *,
         max_attempts: int,
         backoff_s: float,
@@ -114,7 +316,7 @@ class Outbox:
         lease_s: float = 120.0,
         poll_s: float = 1.0,
     ) -> None:
-        self.db = db
+        self.store = SQLiteJobs(store) if isinstance(store, SQLite) else store
         self.handlers: dict[str, Handler] = {}
         self.max_attempts, self.backoff_s, self.max_delay_s = max_attempts, backoff_s, max_delay_s
         self.lease_s, self.poll_s = lease_s, poll_s
@@ -127,7 +329,7 @@ class Outbox:
         self.handlers[kind] = handler
 
     async def setup(self) -> None:
-        await self.db.script(SCHEMA)
+        await self.store.setup()
 
     async def enqueue(
         self,
@@ -140,19 +342,7 @@ class Outbox:
         """Store a job (once per key), due in ``delay_s``; the stored job."""
         if kind not in self.handlers:
             raise KeyError(f"no outbox handler for '{kind}'")
-        now = time.time()
-
-        def insert(conn: sqlite3.Connection) -> tuple[Any, ...]:
-            conn.execute(
-                "INSERT OR IGNORE INTO outbox (key, kind, payload, conversation_id, status, "
-                "attempts, next_at, lease_until, last_error, result, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'pending', 0, ?, 0, '', '{}', ?, ?)",
-                (key, kind, json.dumps(payload), conversation_id, now + delay_s, now, now),
-            )
-            row = conn.execute(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,)).fetchone()
-            return tuple(row)
-
-        job = Job.from_row(await self.db.run(insert))
+        job = await self.store.insert(kind, payload, key, conversation_id, time.time() + delay_s)
         if not delay_s:
             self._wake.set()
         return job
@@ -170,20 +360,10 @@ class Outbox:
             job = await self.run_job(job, inline=True)
         return job
 
-    async def _claim(self, job_id: int, inline: bool) -> bool:
-        now = time.time()
-        due = "" if inline else "AND next_at <= ?"
-        params: tuple[Any, ...] = (now + self.lease_s, job_id, now) + (() if inline else (now,))
-        changed = await self.db.execute(
-            "UPDATE outbox SET lease_until = ? WHERE id = ? AND status = 'pending' "
-            f"AND lease_until < ? {due}",
-            params,
-        )
-        return changed == 1
-
     async def run_job(self, job: Job, inline: bool = False) -> Job:
         """One attempt (if the job can be claimed); the job as stored afterwards."""
-        if not await self._claim(job.id, inline):
+        now = time.time()
+        if not await self.store.claim(job.key, now + self.lease_s, now, due_only=not inline):
             return await self.get(job.key) or job
         handler = self.handlers[job.kind]
         attempts = job.attempts + 1
@@ -192,16 +372,12 @@ class Outbox:
             result = await handler(job.payload)
         except HablaError as e:
             if not e.transient:
-                await self._finish(job.id, "failed", attempts, str(e), {})
+                await self.store.finish(job.key, "failed", attempts, str(e), {})
             elif attempts >= self.max_attempts:
-                await self._finish(job.id, "failed", attempts, f"gave up: {e}", {})
+                await self.store.finish(job.key, "failed", attempts, f"gave up: {e}", {})
             else:
                 delay = backoff_delay(attempts, self.backoff_s, self.max_delay_s, e.retry_after)
-                await self.db.execute(
-                    "UPDATE outbox SET attempts = ?, next_at = ?, lease_until = 0, "
-                    "last_error = ?, updated_at = ? WHERE id = ?",
-                    (attempts, now + delay, str(e), now, job.id),
-                )
+                await self.store.retry(job.key, attempts, now + delay, str(e))
                 logger.info(
                     "outbox: %s %s failed (%s); attempt %d of %d in %.1f s",
                     job.kind,
@@ -213,9 +389,9 @@ class Outbox:
                 )
         except Exception as e:  # a bug in a handler: record it, never lose the job silently
             logger.exception("outbox: %s %s raised", job.kind, job.key)
-            await self._finish(job.id, "failed", attempts, f"{type(e).__name__}: {e}", {})
+            await self.store.finish(job.key, "failed", attempts, f"{type(e).__name__}: {e}", {})
         else:
-            await self._finish(job.id, "done", attempts, "", result)
+            await self.store.finish(job.key, "done", attempts, "", result)
         stored = await self.get(job.key)
         assert stored is not None
         if stored.status == "failed":
@@ -233,37 +409,18 @@ class Outbox:
                 logger.exception("outbox: settling %s failed", job.key)
         return stored
 
-    async def _finish(
-        self, job_id: int, status: str, attempts: int, error: str, result: dict[str, Any]
-    ) -> None:
-        await self.db.execute(
-            "UPDATE outbox SET status = ?, attempts = ?, lease_until = 0, last_error = ?, "
-            "result = ?, updated_at = ? WHERE id = ?",
-            (status, attempts, error, json.dumps(result), time.time(), job_id),
-        )
-
     async def get(self, key: str) -> Job | None:
-        row = await self.db.fetchone(f"SELECT {COLUMNS} FROM outbox WHERE key = ?", (key,))
-        return Job.from_row(row) if row else None
+        return await self.store.get(key)
 
     async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
-        where, params = ("WHERE status = ?", (status,)) if status else ("", ())
-        rows = await self.db.fetchall(
-            f"SELECT {COLUMNS} FROM outbox {where} ORDER BY id DESC LIMIT {int(limit)}", params
-        )
-        return [Job.from_row(r) for r in rows]
+        return await self.store.jobs(status, limit)
 
     async def run_due(self) -> int:
         """Attempt every job that is due; how many were attempted."""
-        now = time.time()
-        rows = await self.db.fetchall(
-            f"SELECT {COLUMNS} FROM outbox WHERE status = 'pending' AND next_at <= ? "
-            "AND lease_until < ? ORDER BY next_at LIMIT 50",
-            (now, now),
-        )
-        for row in rows:
-            await self.run_job(Job.from_row(row))
-        return len(rows)
+        jobs = await self.store.due(time.time())
+        for job in jobs:
+            await self.run_job(job)
+        return len(jobs)
 
     async def start(self) -> None:
         """Run the retry loop in the background (the server process only)."""
@@ -286,3 +443,4 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
+        await self.store.close()

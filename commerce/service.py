@@ -27,7 +27,7 @@ from typing import Any
 from commerce.catalog import Catalog, Product, display_name, from_minor, load_catalog
 from commerce.crm.base import CRM, Contact, Deal
 from commerce.orders import Order, OrderStore, TransitionRefused
-from commerce.outbox import Job, Outbox
+from commerce.outbox import Job, JobStore, Outbox
 from commerce.payments.base import LineItem, PaymentEvent, Payments
 from runtime.retry import PermanentError, TransientError
 from runtime.settings import Settings
@@ -90,14 +90,18 @@ class Commerce:
         crm: CRM | None = None,
         payments: Payments | None = None,
         orders: OrderStore | None = None,
+        jobs: JobStore | None = None,
     ) -> None:
+        """``jobs``: where the outbox keeps its writes (default: the SQLite file)."""
         c = settings.commerce
         self.settings = settings
         self.db = db
         self.crm = crm
         self.payments = payments
         self._orders = orders
-        self.outbox = Outbox(db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s)
+        self.outbox = Outbox(
+            jobs or db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s
+        )
         self.outbox.register("payments.checkout", self._checkout)
         self.outbox.register("payments.refund", self._refund)
         self.outbox.register("crm.contact", self._crm_contact)

@@ -23,6 +23,7 @@ import aiohttp
 from channels.base import ChannelServices, InputChannel
 from commerce.crm.base import CRM
 from commerce.orders import OrderStore
+from commerce.outbox import MongoJobs
 from commerce.payments.base import Payments
 from commerce.service import Commerce
 from i18n.detect import Detector
@@ -144,8 +145,17 @@ async def build_order_store(settings: Settings, db: SQLite) -> OrderStore:
 
 
 def build_commerce(settings: Settings, db: SQLite) -> Commerce:
-    """Orders, payment links and CRM records (not started: :func:`start_commerce`)."""
-    return Commerce(settings, db, crm=build_crm(settings), payments=build_payments(settings))
+    """Orders, payment links and CRM records (not started: :func:`start_commerce`). The
+    outbox lives with the orders: in MongoDB when they do (every server retries it)."""
+    jobs = None
+    if settings.commerce.order_store == "mongo":
+        from motor.motor_asyncio import AsyncIOMotorClient
+
+        c = settings.commerce
+        client = AsyncIOMotorClient(c.mongo_url, serverSelectionTimeoutMS=10_000)
+        jobs = MongoJobs(client[c.mongo_database])
+    crm, payments = build_crm(settings), build_payments(settings)
+    return Commerce(settings, db, crm=crm, payments=payments, jobs=jobs)
 
 
 async def start_commerce(commerce: Commerce, settings: Settings, db: SQLite) -> Commerce:

@@ -43,7 +43,7 @@ OpenStore = Callable[..., Awaitable[Any]]
 
 @pytest.fixture(params=["sqlite", "mongo"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """"" for SQLite, else the MongoDB test server's URL."""
+    """ "" for SQLite, else the MongoDB test server's URL."""
     return str(request.getfixturevalue("mongo_url")) if request.param == "mongo" else ""
 
 
