@@ -223,8 +223,8 @@ class StoreSettings:
     tracker_store: str = setting(
         "sqlite",
         "HABLA_TRACKER_STORE",
-        "Conversation state store: sqlite (persistent, default), mongo (MongoDB at "
-        "HABLA_MONGO_URL, shared by several servers) or memory.",
+        "Conversation state store (and the delivery log with it): sqlite (persistent, "
+        "default), mongo (MongoDB at HABLA_MONGO_URL, shared by several servers) or memory.",
         choices=providers.TRACKER_STORES,
     )
     coordination: str = setting(
@@ -662,7 +662,8 @@ class CommerceSettings:
     order_store: str = setting(
         "sqlite",
         "HABLA_ORDER_STORE",
-        "Where orders and their status history live: sqlite (embedded) or mongo.",
+        "Where orders, their status history, payment events and the outbox of CRM and "
+        "payment writes live: sqlite (embedded) or mongo (shared by several servers).",
         choices=providers.ORDER_STORES,
     )
     mongo_url: str = setting(
