@@ -29,7 +29,7 @@ import aiohttp
 from bench.cluster import Cluster
 
 PATH = "/webhooks/twilio/webhook"
-LEASE_S = 3.0
+LEASE_S = 5.0
 _THROUGHPUT_IDS = itertools.count()
 
 

@@ -31,7 +31,7 @@ from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, InboundMessage, mask_phone
 from runtime.settings import Settings
 from runtime.speech import CallSpeech
-from runtime.turn import Turn, TurnContext
+from runtime.turn import LINE_POLL_S, Turn, TurnContext, WaitInLine
 from voice.calls import PhoneSpeech
 from voice.stages import trigger
 from voice.stt.base import SpeechToText
@@ -279,17 +279,23 @@ class Runtime:
             await self.notify(order, intent, job.key)
 
     def _queue(self, msg: InboundMessage, output: OutputChannel) -> None:
-        turn, held = self.turn, self._held
+        turn, held, dispatcher = self.turn, self._held, self.dispatcher
         if msg.message_id:
             held[msg.key] = msg  # its lease is renewed until its turn ends
 
         async def run() -> None:
+            settled = True
             try:
                 await turn.run(msg, output)
+            except WaitInLine:  # behind an earlier message: after what is queued here
+                settled = False
+                await asyncio.sleep(LINE_POLL_S)
+                dispatcher.submit(msg.conversation_id, run)
             finally:
-                held.pop(msg.key, None)
+                if settled:
+                    held.pop(msg.key, None)
 
-        self.dispatcher.submit(msg.conversation_id, run)
+        dispatcher.submit(msg.conversation_id, run)
 
     async def accept(self, msg: InboundMessage, output: OutputChannel) -> bool:
         if not await self.inbox.accept(msg):

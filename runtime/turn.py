@@ -351,6 +351,7 @@ class Turn:
         self.retry = retry or RetryPolicy()
         self.error_reply = error_reply
         self.sender = sender or next((s for s in deliver if isinstance(s, Deliver)), None)
+        self._in_line: dict[str, float] = {}  # message key → since when it waits in line
 
     @property
     def stages(self) -> list[Stage]:
@@ -364,6 +365,9 @@ class Turn:
         try:
             ctx = await self._with_lock(ctx, state)
             status = "failed" if ctx.failed else "done"
+        except WaitInLine:
+            status = None
+            raise
         except asyncio.CancelledError:
             # the server stops: the message stays pending and is resumed (here after a
             # restart, or by another server); if the dialogue had already taken it in,
@@ -391,7 +395,7 @@ class Turn:
 
     async def _with_lock(self, ctx: TurnContext, state: _Run) -> TurnContext:
         msg = ctx.inbound
-        attempt, line_until = 1, 0.0
+        attempt = 1
         while True:
             try:
                 async with self.locks.lock(msg.conversation_id):
@@ -407,21 +411,21 @@ class Turn:
                         ctx = replace(ctx, replies=stored.replies, progress=stored)
                         return await self._stage(self.sender, ctx, state)
                     if not await self.inbox.first_in_line(msg):
-                        line_until = line_until or time.monotonic() + 4 * self.inbox.lease_s
-                        if time.monotonic() < line_until:
-                            raise _NotFirst
+                        since = self._in_line.setdefault(msg.key, time.monotonic())
+                        if time.monotonic() - since < 4 * self.inbox.lease_s:
+                            # an earlier message of this conversation (on another server,
+                            # or one a dead server left to be claimed) goes first
+                            raise WaitInLine(msg.key)
                         logger.warning(
                             "message %s: an earlier one of %s is still not answered; going on",
                             msg.message_id,
                             mask_phone(msg.conversation_id),
                         )
+                    self._in_line.pop(msg.key, None)
                     ctx = await self._stages(self.answer_stages, ctx, state)
                     return await self._stages(self.deliver_stages, ctx, state)
-            except _NotFirst:
-                # an earlier message of this conversation (on another server, or one a
-                # dead server left to be claimed) goes first: its turn, then ours
-                await asyncio.sleep(LINE_POLL_S)
-                continue
+            except WaitInLine:
+                raise
             except DeliveryDeferred as e:
                 state.deferred = e
                 return ctx
@@ -519,12 +523,14 @@ class Turn:
         return ctx
 
 
-LINE_POLL_S = 0.02
+LINE_POLL_S = 0.05
 """How often a message waiting behind an earlier one of its conversation looks again."""
 
 
-class _NotFirst(Exception):
-    """An earlier message of the conversation has not had its turn yet."""
+class WaitInLine(Exception):
+    """An earlier message of the conversation has not had its turn yet: the message stays
+    pending and the caller runs it again shortly, after what is queued before it (so a
+    server's own queue is never blocked by a message waiting for another server)."""
 
 
 class _StageFailed(Exception):

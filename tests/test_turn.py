@@ -27,6 +27,7 @@ from runtime.turn import (
     RetryPolicy,
     Turn,
     TurnContext,
+    WaitInLine,
     match_choice,
 )
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
@@ -200,6 +201,23 @@ async def test_a_later_answer_waits_behind_an_earlier_one(db: SQLite) -> None:
     assert [r.text for r in up.sent] == ["you said uno", "you said dos"]
     assert engine.calls == 2
     assert await inbox.claim(all_pending=True) == []
+
+
+async def test_a_message_waits_in_line_behind_an_earlier_one(db: SQLite) -> None:
+    """Another server still has the conversation's earlier message: the later one is
+    not answered first, and stays pending for its server to run again."""
+    engine = Engine()
+    turn, inbox = await make_turn(db, engine)
+    first, second = message("uno", "SM1"), message("dos", "SM2")
+    await inbox.accept(first)
+    await inbox.accept(second)
+    out = Collect()
+    with pytest.raises(WaitInLine):
+        await turn.run(second, out)
+    assert engine.calls == 0 and await inbox.is_pending(second)
+    await turn.run(first, out)
+    await turn.run(second, out)
+    assert [r.text for r in out.sent] == ["you said uno", "you said dos"]
 
 
 async def test_replies_are_given_up_after_the_window(db: SQLite) -> None:
