@@ -34,6 +34,19 @@ from runtime.settings import Settings, SettingsError
 
 T = TypeVar("T")
 NO_ID = {"_id": False}
+SOCKET_TIMEOUT_MS = 15_000
+"""A request MongoDB does not answer in this long fails (a transient error, retried),
+instead of holding a conversation's turn, and its lock, forever."""
+
+
+def motor_client(url: str, server_selection_timeout_s: float = 10.0) -> Any:
+    """A motor client with habla's timeouts (every MongoDB store opens its own)."""
+    return AsyncIOMotorClient(
+        url,
+        serverSelectionTimeoutMS=int(server_selection_timeout_s * 1000),
+        connectTimeoutMS=5_000,
+        socketTimeoutMS=SOCKET_TIMEOUT_MS,
+    )
 
 
 class MongoOrderStore(OrderStore):
@@ -61,7 +74,7 @@ class MongoOrderStore(OrderStore):
 
     async def setup(self) -> None:
         if self._client is None:
-            self._client = AsyncIOMotorClient(self.url, serverSelectionTimeoutMS=self.timeout_ms)
+            self._client = motor_client(self.url, self.timeout_ms / 1000)
         self.orders = self._client[self.database]["orders"]
 
         async def indexes() -> None:

@@ -22,6 +22,7 @@ import aiohttp
 
 from channels.base import ChannelServices, InputChannel
 from commerce.crm.base import CRM
+from commerce.mongo import motor_client
 from commerce.orders import OrderStore
 from commerce.outbox import MongoJobs
 from commerce.payments.base import Payments
@@ -90,11 +91,8 @@ def build_delivery_log(settings: Settings, db: SQLite) -> DeliveryLog:
     when the tracker store is (several servers share them), else in the SQLite file."""
     if settings.store.tracker_store != "mongo":
         return SQLiteDeliveryLog(db)
-    from motor.motor_asyncio import AsyncIOMotorClient
-
     c = settings.commerce
-    client = AsyncIOMotorClient(c.mongo_url, serverSelectionTimeoutMS=10_000)
-    return MongoDeliveryLog(client[c.mongo_database])
+    return MongoDeliveryLog(motor_client(c.mongo_url)[c.mongo_database])
 
 
 def build_tracker_store(settings: Settings, db: SQLite) -> Any:
@@ -149,11 +147,8 @@ def build_commerce(settings: Settings, db: SQLite) -> Commerce:
     outbox lives with the orders: in MongoDB when they do (every server retries it)."""
     jobs = None
     if settings.commerce.order_store == "mongo":
-        from motor.motor_asyncio import AsyncIOMotorClient
-
         c = settings.commerce
-        client = AsyncIOMotorClient(c.mongo_url, serverSelectionTimeoutMS=10_000)
-        jobs = MongoJobs(client[c.mongo_database])
+        jobs = MongoJobs(motor_client(c.mongo_url)[c.mongo_database])
     crm, payments = build_crm(settings), build_payments(settings)
     return Commerce(settings, db, crm=crm, payments=payments, jobs=jobs)
 

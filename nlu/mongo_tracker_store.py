@@ -69,7 +69,12 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
 
     async def setup(self) -> None:
         if self._client is None:
-            self._client = AsyncIOMotorClient(self.url, serverSelectionTimeoutMS=self.timeout_ms)
+            self._client = AsyncIOMotorClient(  # a request not answered fails, retried
+                self.url,
+                serverSelectionTimeoutMS=self.timeout_ms,
+                connectTimeoutMS=5_000,
+                socketTimeoutMS=15_000,
+            )
         self.events = self._client[self.database]["events"]
 
         async def indexes() -> None:
