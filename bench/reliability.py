@@ -157,7 +157,8 @@ async def bursts(cluster: Cluster, provider: Any, conversations: int = 50) -> Ou
         async def conversation(user: str) -> None:
             nonlocal accepted
             for n in range(20):
-                accepted += await sender.post(form(f"where is my order AB{n:05d}?", user))
+                ok = await sender.post(form(f"where is my order AB{n:05d}?", user))
+                accepted += ok  # (after the await: ``x += await`` reads x before it)
 
         await asyncio.gather(*(conversation(u) for u in users))
     await wait_replies(provider, users, 20, timeout=600)
@@ -182,7 +183,8 @@ async def kill_one(cluster: Cluster, provider: Any, n: int = 60) -> Outcome:
 
         async def one(user: str) -> None:
             nonlocal accepted
-            accepted += await sender.post(form("when are you open?", user))
+            ok = await sender.post(form("when are you open?", user))
+            accepted += ok
 
         tasks = []
         for i, user in enumerate(users):
@@ -210,7 +212,8 @@ async def outage(cluster: Cluster, provider: Any, seconds: float = 60.0, n: int 
     async with aiohttp.ClientSession() as session:
         sender = Sender(cluster.url, session)
         for user in users:
-            accepted += await sender.post(form("when are you open?", user))
+            ok = await sender.post(form("when are you open?", user))
+            accepted += ok
             await asyncio.sleep(min(0.5, seconds / (2 * n)))
     await wait_replies(provider, users, 1, timeout=seconds + 240)
     outcome = tally(f"Twilio 503 for {seconds:.0f} s", provider, users, 1, accepted, began)

@@ -199,11 +199,15 @@ class Inbox(ABC):
         message again in ``delay_s`` (its lease is set to end then)."""
 
     @abstractmethod
+    async def ahead_in_line(self, msg: InboundMessage) -> str | None:
+        """The key of the earliest message of the conversation, accepted before this
+        one, that still waits for its turn (None: this one may go): several servers take
+        a conversation's messages in the order they were accepted. A message whose
+        answer waits for the provider no longer holds the line; its delivery does
+        (:meth:`waiting_before`). A message not in the inbox waits for nothing."""
+
     async def first_in_line(self, msg: InboundMessage) -> bool:
-        """Whether no message of the conversation accepted before this one is still
-        waiting for its turn: several servers take a conversation's messages in the
-        order they were accepted (a message whose answer waits for the provider no
-        longer holds the line; its delivery does, :meth:`waiting_before`)."""
+        return await self.ahead_in_line(msg) is None
 
     @abstractmethod
     async def waiting_before(self, msg: InboundMessage) -> bool:
@@ -360,16 +364,16 @@ class SQLiteInbox(Inbox):
             params + (msg.channel, msg.message_id),
         )
 
-    async def first_in_line(self, msg: InboundMessage) -> bool:
+    async def ahead_in_line(self, msg: InboundMessage) -> str | None:
         if not msg.message_id:
-            return True
-        row = await self.db.fetchone(  # (a message not in the inbox waits for nothing)
-            "SELECT 1 FROM inbox WHERE conversation_id = ? AND status = 'pending' "
-            "AND waiting = 0 AND rowid < (SELECT rowid FROM inbox WHERE channel = ? "
-            "AND message_id = ?) LIMIT 1",
+            return None
+        row = await self.db.fetchone(
+            "SELECT channel, message_id FROM inbox WHERE conversation_id = ? "
+            "AND status = 'pending' AND waiting = 0 AND rowid < (SELECT rowid FROM inbox "
+            "WHERE channel = ? AND message_id = ?) ORDER BY rowid LIMIT 1",
             (msg.conversation_id, msg.channel, msg.message_id),
         )
-        return row is None
+        return f"{row[0]}:{row[1]}" if row else None
 
     async def waiting_before(self, msg: InboundMessage) -> bool:
         if not msg.message_id:
@@ -426,13 +430,13 @@ if seq then redis.call('ZADD', KEYS[2], seq, ARGV[1]) end
 redis.call('ZADD', KEYS[4], 'XX', ARGV[3], ARGV[1])
 return 1
 """
-FIRST_IN_LINE = """
+AHEAD_IN_LINE = """
 local seq = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not seq then return 1 end
+if not seq then return false end
 for _, field in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. seq)) do
-  if not redis.call('ZSCORE', KEYS[2], field) then return 0 end
+  if not redis.call('ZSCORE', KEYS[2], field) then return field end
 end
-return 1
+return false
 """
 WAITING_BEFORE = """
 local seq = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -452,7 +456,7 @@ class RedisInbox(Inbox):
         self._accept = redis.register_script(ACCEPT)
         self._claim = redis.register_script(CLAIM)
         self._defer = redis.register_script(DEFER)
-        self._first = redis.register_script(FIRST_IN_LINE)
+        self._first = redis.register_script(AHEAD_IN_LINE)
         self._waits = redis.register_script(WAITING_BEFORE)
         self._pending, self._leases = f"{prefix}:pending", f"{prefix}:leases"
         self._answers = f"{prefix}:answers"
@@ -522,11 +526,12 @@ class RedisInbox(Inbox):
             args = [msg.key, answer.to_json(), time.time() + delay_s]
             await self._defer(keys=keys, args=args)
 
-    async def first_in_line(self, msg: InboundMessage) -> bool:
+    async def ahead_in_line(self, msg: InboundMessage) -> str | None:
         if not msg.message_id:
-            return True
+            return None
         keys = [self._line(msg), self._waiting(msg)]
-        return bool(await self._first(keys=keys, args=[msg.key]))
+        ahead = await self._first(keys=keys, args=[msg.key])
+        return ahead.decode() if isinstance(ahead, bytes) else ahead or None
 
     def _line(self, msg: InboundMessage) -> str:
         """The conversation's messages by the order they were accepted in (a counter)."""

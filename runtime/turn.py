@@ -351,7 +351,8 @@ class Turn:
         self.retry = retry or RetryPolicy()
         self.error_reply = error_reply
         self.sender = sender or next((s for s in deliver if isinstance(s, Deliver)), None)
-        self._in_line: dict[str, float] = {}  # message key → since when it waits in line
+        # message key → (the message ahead of it in line, since when it has been first)
+        self._in_line: dict[str, tuple[str, float]] = {}
 
     @property
     def stages(self) -> list[Stage]:
@@ -404,21 +405,28 @@ class Turn:
                         # claimed and answered it: answering again would be a duplicate
                         logger.warning("message %s was answered by another server", msg.message_id)
                         state.answered_elsewhere = True
+                        self._in_line.pop(msg.key, None)
                         return ctx
                     stored = await self.inbox.answer_of(msg) if msg.resumed else None
                     if stored is not None and self.sender is not None:
                         # its turn ran before: only what was not delivered is sent
                         ctx = replace(ctx, replies=stored.replies, progress=stored)
                         return await self._stage(self.sender, ctx, state)
-                    if not await self.inbox.first_in_line(msg):
-                        since = self._in_line.setdefault(msg.key, time.monotonic())
+                    ahead = await self.inbox.ahead_in_line(msg)
+                    if ahead is not None:
+                        # an earlier message of this conversation (on another server, or
+                        # one a dead server left to be claimed) goes first; only one that
+                        # stays first for four leases (a bug, not a backlog) is passed
+                        blocker, since = self._in_line.get(msg.key, ("", 0.0))
+                        if blocker != ahead:
+                            blocker, since = ahead, time.monotonic()
+                            self._in_line[msg.key] = (blocker, since)
                         if time.monotonic() - since < 4 * self.inbox.lease_s:
-                            # an earlier message of this conversation (on another server,
-                            # or one a dead server left to be claimed) goes first
                             raise WaitInLine(msg.key)
                         logger.warning(
-                            "message %s: an earlier one of %s is still not answered; going on",
+                            "message %s: %s, ahead of it in %s, is still not answered; going on",
                             msg.message_id,
+                            ahead,
                             mask_phone(msg.conversation_id),
                         )
                     self._in_line.pop(msg.key, None)
