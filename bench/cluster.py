@@ -125,8 +125,16 @@ class Process:
 class Cluster:
     """Redis, MongoDB, ``servers`` habla processes and HAProxy, in ``workdir``."""
 
-    def __init__(self, workdir: Path, servers: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        servers: int = 2,
+        env: dict[str, str] | None = None,
+        mongo_options: str = "",
+    ) -> None:
+        """``mongo_options``: appended to the servers' MongoDB URL (``?maxPoolSize=2``)."""
         self.workdir = workdir
+        self.mongo_options = mongo_options
         self.count = servers
         self.extra = dict(env or {})
         self.redis: Process | None = None
@@ -206,7 +214,7 @@ class Cluster:
             "HABLA_COORDINATION": "redis",
             "HABLA_REDIS_URL": self.redis_url,
             "HABLA_TRACKER_STORE": "mongo",
-            "HABLA_MONGO_URL": self.mongo_url,
+            "HABLA_MONGO_URL": self.mongo_url + self.mongo_options,
             "HABLA_LOG_LEVEL": os.environ.get("HABLA_LOG_LEVEL", "WARNING"),
             **self.extra,
         }

@@ -25,7 +25,7 @@ from typing import Any, Optional, TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 from rasa.core.tracker_store import SerializedTrackerAsText, TrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SessionStarted
@@ -142,7 +142,11 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
         if docs:
             try:
                 await self._call(lambda: self.events.insert_many(docs, ordered=True))
-            except DuplicateKeyError as e:  # another writer got there first: retry the turn
+            except (DuplicateKeyError, BulkWriteError) as e:
+                # another writer got there first, or an earlier attempt of this save whose
+                # answer timed out was applied: the turn is retried on the stored state
+                if isinstance(e, BulkWriteError) and not _duplicates_only(e):
+                    raise
                 self._hot.pop(tracker.sender_id, None)
                 raise TransientError(f"conversation {tracker.sender_id[-4:]} moved on") from e
         if aligned:
@@ -203,3 +207,9 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
 
     async def keys(self) -> Iterable[str]:
         return [str(k) for k in await self._call(lambda: self.events.distinct("sender_id"))]
+
+
+def _duplicates_only(error: BulkWriteError) -> bool:
+    """Whether every write error is a duplicate key (E11000): the events exist."""
+    errors = error.details.get("writeErrors") or []
+    return bool(errors) and all(e.get("code") == 11000 for e in errors)

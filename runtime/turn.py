@@ -45,7 +45,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from runtime.coordination import Answer, Choices, ConversationLocks, Inbox
 from runtime.deliveries import DeliveryLog
@@ -208,6 +208,8 @@ class Engine(Protocol):
 
 class Dialogue:
     """Rasa: NLU, dialogue policies, forms and custom actions."""
+
+    commits: ClassVar[bool] = True  # the message is in the conversation's state afterwards
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -492,6 +494,10 @@ class Turn:
                     )
                     raise _StageFailed(ctx) from e
                 await self._backoff(attempt, error, ctx.inbound, type(stage).__name__)
+                if getattr(stage, "commits", False):
+                    # the failed attempt may have been saved before it failed (a store's
+                    # answer timed out): the engine looks for the message before running it
+                    ctx = replace(ctx, inbound=replace(ctx.inbound, resumed=True))
         raise AssertionError("unreachable")
 
     async def _backoff(

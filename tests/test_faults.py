@@ -37,7 +37,8 @@ async def cluster(
     provider: FakeTwilioAPI, tmp_path_factory: pytest.TempPathFactory, model_path: Path
 ) -> AsyncIterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster(workdir, servers=2, env=reliability.cluster_env(workdir, provider.url))
+    env = reliability.cluster_env(workdir, provider.url)
+    cluster = Cluster(workdir, servers=2, env=env, mongo_options=reliability.MONGO_OPTIONS)
     try:
         await cluster.start()
         yield cluster
