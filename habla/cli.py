@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import signal
 import sys
@@ -65,6 +66,7 @@ async def serve(s: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)  # `kill -USR1 <pid>`: what waits
     try:
         site = web.TCPSite(runner, s.server.host, s.server.port)
         await site.start()
@@ -75,6 +77,17 @@ async def serve(s: Settings) -> None:
         print("habla: stopping (finishing turns in progress)...", flush=True)
     finally:
         await runner.cleanup()
+
+
+def log_tasks() -> None:
+    """Log where every task of the server is waiting (for an operator: ``kill -USR1``)."""
+    tasks = asyncio.all_tasks()
+    lines = [f"{len(tasks)} tasks:"]
+    for task in tasks:
+        buffer = io.StringIO()
+        task.print_stack(limit=12, file=buffer)
+        lines.append(buffer.getvalue())
+    logging.getLogger("habla").warning("\n".join(lines))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
