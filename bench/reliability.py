@@ -298,6 +298,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000, help="redelivery scenario size")
     args = parser.parse_args()
+    import tests.conftest  # noqa: F401  (imports Rasa, which installs uvloop's policy)
+
+    # uvloop's policy has no child watcher: the cluster's processes need the default one
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     asyncio.run(run(args.messages))
 
 

@@ -19,28 +19,26 @@ Production MongoDB: a replica set with ``w=majority`` (in the URL:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Optional, TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
-from rasa.core.tracker_store import SerializedTrackerAsText, TrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 
+from nlu.tracker_store import BASE_ATTR, AppendOnlyTrackerStore
 from runtime.errors import TransientError
 from runtime.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_BASE = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
 
 
-class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
+class MongoTrackerStore(AppendOnlyTrackerStore):
     """Append-only event log per conversation in MongoDB; retrieves the latest session."""
 
     def __init__(
@@ -53,12 +51,11 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
         server_selection_timeout_s: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(domain, **kwargs)
-        self.url, self.database, self.cache_size = url, database, cache_size
+        super().__init__(domain, cache_size, **kwargs)
+        self.url, self.database = url, database
         self.timeout_ms = int(server_selection_timeout_s * 1000)
         self._client: Any = None
         self.events: Any = None
-        self._hot: OrderedDict[str, tuple[DialogueStateTracker, int]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Any = None) -> MongoTrackerStore:
@@ -100,15 +97,8 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
         except ConnectionFailure as e:  # unreachable, timed out, primary stepped down
             raise TransientError(f"mongo: {type(e).__name__}: {e}") from e
 
-    def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
-        if self.cache_size <= 0:
-            return
-        self._hot[tracker.sender_id] = (tracker, next_seq)
-        self._hot.move_to_end(tracker.sender_id)
-        while len(self._hot) > self.cache_size:
-            self._hot.popitem(last=False)
-
-    async def _next_seq(self, sender_id: str) -> tuple[int, float]:
+    async def _last(self, sender_id: str) -> tuple[int, float]:
+        """The next sequence number and the last event's timestamp."""
         last = await self._call(
             lambda: self.events.find_one(
                 {"sender_id": sender_id},
@@ -118,12 +108,15 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
         )
         return (int(last["seq"]) + 1, float(last["timestamp"])) if last else (0, 0.0)
 
+    async def _next_seq(self, sender_id: str) -> int:
+        return (await self._last(sender_id))[0]
+
     async def save(self, tracker: DialogueStateTracker) -> None:
         if self.event_broker is not None:
             await self.stream_events(tracker)
         events = list(tracker.events)
-        next_seq, last_ts = await self._next_seq(tracker.sender_id)
-        start = next_seq - getattr(tracker, _BASE, 0)
+        next_seq, last_ts = await self._last(tracker.sender_id)
+        start = next_seq - getattr(tracker, BASE_ATTR, 0)
         aligned = 0 <= start <= len(events)
         if aligned:
             new = [e.as_dict() for e in events[start:]]
@@ -179,25 +172,8 @@ class MongoTrackerStore(TrackerStore, SerializedTrackerAsText):
         tracker = DialogueStateTracker.from_dict(
             sender_id, [d["data"] for d in docs], self.domain.slots
         )
-        setattr(tracker, _BASE, int(docs[0]["seq"]))
+        setattr(tracker, BASE_ATTR, int(docs[0]["seq"]))
         return tracker
-
-    async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
-        hot = self._hot.pop(sender_id, None)
-        if hot is not None:
-            tracker, next_seq = hot
-            current, _ = await self._next_seq(sender_id)
-            unsaved = len(tracker.events) != next_seq - getattr(tracker, _BASE, 0)
-            if current == next_seq and not unsaved:
-                self._remember(tracker, next_seq)
-                return tracker
-        tracker = await self._load(sender_id, full=False)
-        if tracker is not None:
-            self._remember(tracker, getattr(tracker, _BASE) + len(tracker.events))
-        return tracker
-
-    async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
-        return await self._load(conversation_id, full=True)
 
     async def exists(self, conversation_id: str) -> bool:
         doc = await self._call(

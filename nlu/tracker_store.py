@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Optional
@@ -35,25 +36,32 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_session ON events (sender_id, type_name, seq);
 """
 
-_BASE = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
+BASE_ATTR = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
 
 
-class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
-    """Append-only event log per conversation; retrieves the latest session.
+class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
+    """An append-only event log per conversation that retrieves the latest session,
+    with recently active conversations kept deserialized in memory (``cache_size``).
 
-    The trackers of recently active conversations stay deserialized in memory
-    (``cache_size`` of them). A cached tracker is only handed out while the table still
-    ends where it ended when the tracker was saved or loaded (one indexed ``MAX(seq)``),
-    so a write by another process or a turn that failed before saving reloads it.
+    A cached tracker is only handed out while the store still ends where it ended when
+    the tracker was saved or loaded (:meth:`_next_seq`, one indexed read), so a write
+    by another process or server, or a turn that failed before saving, reloads it.
+    Subclasses read and write the log (SQLite here, MongoDB in ``mongo_tracker_store``).
     """
 
-    def __init__(
-        self, db: SQLite, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any
-    ) -> None:
+    def __init__(self, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any) -> None:
         super().__init__(domain, **kwargs)
-        self.db = db
         self.cache_size = cache_size
         self._hot: OrderedDict[str, tuple[DialogueStateTracker, int]] = OrderedDict()
+
+    @abstractmethod
+    async def _next_seq(self, sender_id: str) -> int:
+        """The sequence number the conversation's next event would get."""
+
+    @abstractmethod
+    async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
+        """The conversation from its latest session (or from its first event, ``full``),
+        with its first event's sequence number set as ``BASE_ATTR``."""
 
     def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
         if self.cache_size <= 0:
@@ -62,6 +70,33 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
         self._hot.move_to_end(tracker.sender_id)
         while len(self._hot) > self.cache_size:
             self._hot.popitem(last=False)
+
+    async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
+        hot = self._hot.pop(sender_id, None)
+        if hot is not None:
+            tracker, next_seq = hot
+            unsaved = len(tracker.events) != next_seq - getattr(tracker, BASE_ATTR, 0)
+            if not unsaved and await self._next_seq(sender_id) == next_seq:
+                self._remember(tracker, next_seq)
+                return tracker
+        tracker = await self._load(sender_id, full=False)
+        if tracker is not None:
+            self._remember(tracker, getattr(tracker, BASE_ATTR) + len(tracker.events))
+        return tracker
+
+    async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
+        return await self._load(conversation_id, full=True)
+
+
+class SQLiteTrackerStore(AppendOnlyTrackerStore):
+    """The event log in the embedded SQLite file (one database thread; Rasa's own
+    ``SQLTrackerStore`` runs synchronous SQLAlchemy inside ``async def``)."""
+
+    def __init__(
+        self, db: SQLite, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(domain, cache_size, **kwargs)
+        self.db = db
 
     @classmethod
     def from_settings(cls, settings: Settings, db: SQLite) -> SQLiteTrackerStore:
@@ -74,7 +109,7 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
         if self.event_broker is not None:
             await self.stream_events(tracker)
         events = list(tracker.events)
-        first_seq = getattr(tracker, _BASE, 0)
+        first_seq = getattr(tracker, BASE_ATTR, 0)
 
         def write(conn: Any) -> tuple[int, bool]:
             row = conn.execute(
@@ -131,27 +166,14 @@ class SQLiteTrackerStore(TrackerStore, SerializedTrackerAsText):
         tracker = DialogueStateTracker.from_dict(
             sender_id, [json.loads(data) for _, data in rows], self.domain.slots
         )
-        setattr(tracker, _BASE, rows[0][0])
+        setattr(tracker, BASE_ATTR, rows[0][0])
         return tracker
 
-    async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
-        hot = self._hot.pop(sender_id, None)
-        if hot is not None:
-            tracker, next_seq = hot
-            row = await self.db.fetchone(
-                "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE sender_id = ?", (sender_id,)
-            )
-            unsaved = len(tracker.events) != next_seq - getattr(tracker, _BASE, 0)
-            if row is not None and row[0] == next_seq and not unsaved:
-                self._remember(tracker, next_seq)
-                return tracker
-        tracker = await self._load(sender_id, full=False)
-        if tracker is not None:
-            self._remember(tracker, getattr(tracker, _BASE) + len(tracker.events))
-        return tracker
-
-    async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
-        return await self._load(conversation_id, full=True)
+    async def _next_seq(self, sender_id: str) -> int:
+        row = await self.db.fetchone(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM events WHERE sender_id = ?", (sender_id,)
+        )
+        return int(row[0]) if row else 0
 
     async def exists(self, conversation_id: str) -> bool:
         row = await self.db.fetchone(

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from rasa.shared.core.domain import Domain
 
 from runtime.coordination import Answer, InProcessLocks, RedisInbox, RedisLocks, SQLiteInbox
 from runtime.dispatch import Dispatcher
@@ -18,14 +17,6 @@ from runtime.sqlite import SQLite
 from runtime.turn import Dialogue
 from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
 from tests.fakes.twilio_api import FakeTwilioAPI
-
-DOMAIN = Domain.from_yaml("""
-version: "3.1"
-slots:
-  order_number:
-    type: text
-    mappings: [{type: custom}]
-""")
 
 
 def _msg(mid: str, conv: str = "+34600111222", **kw: object) -> InboundMessage:
