@@ -91,21 +91,28 @@ class RedisLocks(ConversationLocks):
         )
         if not await lock.acquire():
             raise LockTimeout(f"conversation lock not acquired in {self.wait_s}s")
-        renewal = asyncio.ensure_future(self._renew(lock))
+        done = asyncio.Event()
+        renewal = asyncio.ensure_future(self._renew(lock, done))
         try:
             yield
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            # stopped, not cancelled: a command cancelled half-way can leave its Redis
+            # connection out of step, and the next command on it waiting for ever
+            done.set()
             try:
-                await lock.release()
-            except Exception:  # expired while held: renewal failed (Redis unreachable)
-                logger.warning("conversation lock expired before release")
+                await asyncio.shield(renewal)
+            finally:
+                try:
+                    await lock.release()
+                except Exception:  # expired while held: renewal failed (Redis unreachable)
+                    logger.warning("conversation lock expired before release")
 
-    async def _renew(self, lock: Any) -> None:
+    async def _renew(self, lock: Any, done: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), self.ttl_s / 3)
+            if done.is_set():
+                return
             try:
                 await lock.reacquire()
             except Exception as e:  # not owned any more, or Redis unreachable: try again
@@ -672,7 +679,11 @@ class RedisCoordination(Coordination):
     async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
         import redis.asyncio as aioredis
 
-        client = aioredis.from_url(settings.store.redis_url)
+        # every command has a deadline: Redis not answering is a transient error, retried,
+        # never a turn (and its conversation's lock) waiting for ever
+        client = aioredis.from_url(
+            settings.store.redis_url, socket_timeout=10, socket_connect_timeout=5
+        )
         await client.ping()
         return cls(
             RedisLocks(client),

@@ -191,6 +191,7 @@ def _is_network_error(exc: BaseException) -> bool:
             "NewConnectionError",
             "ProtocolError",
             "RetryError",
+            "TimeoutError",  # a library's own (redis-py's has no builtin base)
             "ConnectionFailure",  # pymongo: unreachable, timed out, primary stepped down
             "AutoReconnect",
         }
