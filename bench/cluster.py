@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -135,6 +136,7 @@ class Cluster:
         """``mongo_options``: appended to the servers' MongoDB URL (``?maxPoolSize=2``)."""
         self.workdir = workdir
         self.mongo_options = mongo_options
+        self.media_secret = secrets.token_urlsafe(24)
         self.count = servers
         self.extra = dict(env or {})
         self.redis: Process | None = None
@@ -216,6 +218,10 @@ class Cluster:
             "HABLA_TRACKER_STORE": "mongo",
             "HABLA_MONGO_URL": self.mongo_url + self.mongo_options,
             "HABLA_LOG_LEVEL": os.environ.get("HABLA_LOG_LEVEL", "WARNING"),
+            # one key for every server, so a voice note's signed URL verifies on any of
+            # them (their media folders are not shared: voice notes need the Cloud API's
+            # upload, HABLA_WHATSAPP_UPLOAD_MEDIA, with this script)
+            "HABLA_MEDIA_SECRET": os.environ.get("HABLA_MEDIA_SECRET") or self.media_secret,
             **self.extra,
         }
         argv = [sys.executable, "-m", "habla.cli", "run", "--port", str(port)]

@@ -570,8 +570,8 @@ class VoiceSettings:
         "",
         "HABLA_MEDIA_SECRET",
         "Key that signs the URLs of generated voice notes (/media/...). Unset: a random "
-        "key per process (URLs stop working after a restart; set it when several "
-        "processes serve the same public URL).",
+        "key per process (URLs stop working after a restart). Required with "
+        "HABLA_COORDINATION=redis while HABLA_TTS speaks: several servers serve one URL.",
         secret=True,
     )
     media_ttl_s: int = setting(
@@ -945,6 +945,15 @@ def _validate(s: Settings) -> list[str]:
         problems.append(
             "send: retry_window_s 0-604800 (HABLA_SEND_RETRY_WINDOW_S) and retry_backoff_s "
             "0.1-300 (HABLA_SEND_RETRY_BACKOFF_S)"
+        )
+    if s.store.coordination == "redis" and s.voice.tts != "off" and not s.voice.media_secret:
+        # several servers behind one public URL: a voice note's signed URL must verify
+        # on whichever server the provider's fetch reaches
+        problems.append(
+            "HABLA_MEDIA_SECRET is required when several servers share state "
+            "(HABLA_COORDINATION=redis) and voice notes are spoken (HABLA_TTS); "
+            "share HABLA_DATA_DIR/media between them too, or set "
+            "HABLA_WHATSAPP_UPLOAD_MEDIA on the Cloud API"
         )
     if not 1.0 <= s.store.inbox_lease_s <= 600:
         problems.append("store.inbox_lease_s (HABLA_INBOX_LEASE_S): between 1 and 600 seconds")
