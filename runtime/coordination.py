@@ -213,9 +213,6 @@ class Inbox(ABC):
         answer waits for the provider no longer holds the line; its delivery does
         (:meth:`waiting_before`). A message not in the inbox waits for nothing."""
 
-    async def first_in_line(self, msg: InboundMessage) -> bool:
-        return await self.ahead_in_line(msg) is None
-
     @abstractmethod
     async def waiting_before(self, msg: InboundMessage) -> bool:
         """Whether an earlier message of the conversation has replies waiting to be

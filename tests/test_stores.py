@@ -71,14 +71,15 @@ async def _inbox_line(inbox: Any) -> None:
     other = _msg("SMline3", "+34600999002")
     for msg in (first, second, other):
         assert await inbox.accept(msg)
-    assert await inbox.first_in_line(first) and not await inbox.first_in_line(second)
-    assert await inbox.first_in_line(other)  # another conversation is not held up
+    assert await inbox.ahead_in_line(first) is None
+    assert await inbox.ahead_in_line(second) == first.key  # the earlier one goes first
+    assert await inbox.ahead_in_line(other) is None  # another conversation is not held up
     # the first one's answer waits for the provider: the line moves, delivery does not
     await inbox.defer(first, Answer((BotReply("uno"),)), 60)
-    assert await inbox.first_in_line(second) and await inbox.waiting_before(second)
+    assert await inbox.ahead_in_line(second) is None and await inbox.waiting_before(second)
     await inbox.done(first)
     assert not await inbox.waiting_before(second)
-    assert await inbox.first_in_line(InboundMessage(channel="rest", conversation_id="x"))
+    assert await inbox.ahead_in_line(InboundMessage(channel="rest", conversation_id="x")) is None
 
 
 async def test_sqlite_inbox_leases_and_line(tmp_path: Path) -> None:
