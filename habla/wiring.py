@@ -304,7 +304,7 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
         ],
         locks=c.locks,
         inbox=c.inbox,
-        retry=RetryPolicy(s.turn.attempts, s.turn.backoff_s),
+        retry=RetryPolicy(s.turn.attempts, s.turn.backoff_s, patience_s=s.turn.patience_s),
         error_reply=ErrorReplies(s.turn.error_response, parts.responses, c),
         sender=deliver,
     )

@@ -116,6 +116,8 @@ class MongoTrackerStore(AppendOnlyTrackerStore):
             await self.stream_events(tracker)
         events = list(tracker.events)
         next_seq, last_ts = await self._last(tracker.sender_id)
+        if self.fenced(tracker, next_seq):
+            self._moved_on(tracker)
         start = next_seq - getattr(tracker, BASE_ATTR, 0)
         aligned = 0 <= start <= len(events)
         if aligned:
@@ -140,8 +142,8 @@ class MongoTrackerStore(AppendOnlyTrackerStore):
                 # answer timed out was applied: the turn is retried on the stored state
                 if isinstance(e, BulkWriteError) and not _duplicates_only(e):
                     raise
-                self._hot.pop(tracker.sender_id, None)
-                raise TransientError(f"conversation {tracker.sender_id[-4:]} moved on") from e
+                self._moved_on(tracker)
+        self._saw(tracker, next_seq + len(docs))
         if aligned:
             self._remember(tracker, next_seq + len(docs))
         else:

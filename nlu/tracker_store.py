@@ -12,13 +12,14 @@ import logging
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from rasa.core.tracker_store import InMemoryTrackerStore, SerializedTrackerAsText, TrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 
+from runtime.errors import TransientError
 from runtime.settings import Settings
 from runtime.sqlite import SQLite
 
@@ -37,6 +38,16 @@ CREATE INDEX IF NOT EXISTS events_session ON events (sender_id, type_name, seq);
 """
 
 BASE_ATTR = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
+SEEN_ATTR = "_habla_next_seq"  # where the log ended when the tracker was loaded or saved
+
+
+class ConversationMovedOn(TransientError):
+    """Another writer appended to the conversation since this tracker was loaded (a
+    turn whose lock expired while another server took the conversation): nothing is
+    written, and the turn is tried again on the stored state."""
+
+    def __init__(self, sender_id: str) -> None:
+        super().__init__(f"conversation …{sender_id[-4:]} moved on since it was loaded")
 
 
 class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
@@ -63,6 +74,22 @@ class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
         """The conversation from its latest session (or from its first event, ``full``),
         with its first event's sequence number set as ``BASE_ATTR``."""
 
+    @staticmethod
+    def fenced(tracker: DialogueStateTracker, next_seq: int) -> bool:
+        """The fence on conversation state: a tracker may only append where the log
+        ended when it was loaded or last saved (``next_seq``: where it ends now). The
+        write then takes those sequence numbers, unique per conversation, so a writer
+        that loses a race between this check and its insert fails there instead."""
+        return getattr(tracker, SEEN_ATTR, next_seq) != next_seq
+
+    def _moved_on(self, tracker: DialogueStateTracker) -> NoReturn:
+        self._hot.pop(tracker.sender_id, None)
+        raise ConversationMovedOn(tracker.sender_id)
+
+    @staticmethod
+    def _saw(tracker: DialogueStateTracker, next_seq: int) -> None:
+        setattr(tracker, SEEN_ATTR, next_seq)
+
     def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
         if self.cache_size <= 0:
             return
@@ -81,7 +108,9 @@ class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
                 return tracker
         tracker = await self._load(sender_id, full=False)
         if tracker is not None:
-            self._remember(tracker, getattr(tracker, BASE_ATTR) + len(tracker.events))
+            next_seq = getattr(tracker, BASE_ATTR) + len(tracker.events)
+            self._saw(tracker, next_seq)
+            self._remember(tracker, next_seq)
         return tracker
 
     async def retrieve_full_tracker(self, conversation_id: str) -> Optional[DialogueStateTracker]:
@@ -118,6 +147,8 @@ class SQLiteTrackerStore(AppendOnlyTrackerStore):
                 (tracker.sender_id,),
             ).fetchone()
             next_seq, last_ts = row
+            if self.fenced(tracker, next_seq):  # (checked and written in one transaction)
+                return -1, False
             start = next_seq - first_seq
             aligned = 0 <= start <= len(events)
             if aligned:
@@ -141,6 +172,9 @@ class SQLiteTrackerStore(AppendOnlyTrackerStore):
             return next_seq + len(new), aligned
 
         next_seq, aligned = await self.db.run(write)
+        if next_seq < 0:
+            self._moved_on(tracker)
+        self._saw(tracker, next_seq)
         if aligned:
             self._remember(tracker, next_seq)
         else:

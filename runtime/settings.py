@@ -150,6 +150,16 @@ class TurnSettings:
     backoff_s: float = setting(
         0.5, "HABLA_TURN_BACKOFF_S", "First delay between those tries (doubles each time)."
     )
+    patience_s: float = setting(
+        300.0,
+        "HABLA_TURN_PATIENCE_S",
+        "How long a webhook message whose turn keeps failing transiently (MongoDB or "
+        "Redis down, the engine unavailable) is tried again before the user gets the "
+        "error response, counted from its arrival: after its tries it stays pending and "
+        "any server takes it up again one inbox lease later. 0: the error response "
+        "right after the tries. Calls and the REST channel, which answer while the "
+        "user waits, never wait this long.",
+    )
     error_response: str = setting(
         "utter_error",
         "HABLA_TURN_ERROR_RESPONSE",
@@ -933,6 +943,8 @@ def _validate(s: Settings) -> list[str]:
             problems.extend(e.problems)
     if not 1 <= s.turn.attempts <= 10 or s.turn.backoff_s < 0:
         problems.append("turn.attempts (HABLA_TURN_ATTEMPTS) 1-10, turn.backoff_s >= 0")
+    if not 0 <= s.turn.patience_s <= 86400:
+        problems.append("turn.patience_s (HABLA_TURN_PATIENCE_S): 0-86400")
     if s.store.tracker_cache < 0:
         problems.append("store.tracker_cache (HABLA_TRACKER_CACHE): 0 or more")
     if s.engine.parse_cache < 0:

@@ -320,9 +320,15 @@ ErrorReply = Callable[[TurnContext], Awaitable[tuple[BotReply, ...]]]
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """A stage that fails transiently is tried ``attempts`` times with backoff; a
+    webhook message (``patient`` turns) whose tries all failed then stays pending and is
+    claimed again a lease later, for up to ``patience_s`` from its arrival, before the
+    user gets the error reply."""
+
     attempts: int = 3
     backoff_s: float = 0.5
     max_delay_s: float = 5.0
+    patience_s: float = 0.0
 
 
 @dataclass
@@ -330,6 +336,8 @@ class _Run:
     answered_elsewhere: bool = False  # another server finished it while this one waited
     deferred: DeliveryDeferred | None = None  # the replies wait for the provider
     failures: list[str] = field(default_factory=list)
+    patient: bool = False  # a webhook message: its turn may wait for a store to return
+    postponed: str = ""  # why the message was left pending, to be taken up again
 
 
 async def _no_error_reply(ctx: TurnContext) -> tuple[BotReply, ...]:
@@ -360,14 +368,18 @@ class Turn:
     def stages(self) -> list[Stage]:
         return self.answer_stages + self.deliver_stages
 
-    async def run(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
-        """The whole turn under the conversation's lock; the inbox is always settled."""
+    async def run(
+        self, msg: InboundMessage, output: OutputChannel, *, patient: bool = False
+    ) -> TurnContext:
+        """The whole turn under the conversation's lock; the inbox is always settled,
+        except for a ``patient`` turn (a webhook's, answered later) that a store or
+        engine kept failing: its message stays pending, claimed again a lease later."""
         ctx = TurnContext(inbound=msg, output=output)
-        state = _Run()
+        state = _Run(patient=patient)
         status: str | None = "failed"
         try:
             ctx = await self._with_lock(ctx, state)
-            status = "failed" if ctx.failed else "done"
+            status = None if state.postponed else "failed" if ctx.failed else "done"
         except WaitInLine:
             status = None
             raise
@@ -443,10 +455,15 @@ class Turn:
                 raise
             except _StageFailed as e:
                 ctx = e.ctx
+                if e.transient and self._postpone(msg, state, e.reason):
+                    return ctx
                 break
             except Exception as e:  # the lock: not acquired in time, or its store is down
                 error = classify(e)
-                if not error.transient or attempt == self.retry.attempts:
+                last = attempt == self.retry.attempts
+                if error.transient and last and self._postpone(msg, state, str(error)):
+                    return ctx
+                if not error.transient or last:
                     state.failures.append(str(error))
                     logger.exception(
                         "turn failed for %s on %s", mask_phone(msg.conversation_id), msg.channel
@@ -455,6 +472,23 @@ class Turn:
                 await self._backoff(attempt, error, msg)
                 attempt += 1
         return await self._fail(ctx)
+
+    def _postpone(self, msg: InboundMessage, state: _Run, why: str) -> bool:
+        """Leave a webhook message pending after its tries, while it is younger than the
+        patience: its lease runs out and a server (this or another) takes it up again."""
+        age = time.time() - msg.received_at
+        if not (state.patient and msg.message_id and age < self.retry.patience_s):
+            return False
+        state.postponed = why
+        logger.warning(
+            "turn for %s postponed (%s): the message stays pending, tried again after its "
+            "lease (%.0f s of %.0f s patience used)",
+            mask_phone(msg.conversation_id),
+            why,
+            age,
+            self.retry.patience_s,
+        )
+        return True
 
     async def answer(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
         """Understand and answer one message under the conversation's lock, without
@@ -485,14 +519,14 @@ class Turn:
             except Exception as e:
                 error = classify(e)
                 if not error.transient or attempt == self.retry.attempts:
-                    logger.error(
+                    (logger.warning if error.transient else logger.error)(
                         "turn for %s: %s failed (%s)",
                         mask_phone(ctx.inbound.conversation_id),
                         type(stage).__name__,
                         error,
-                        exc_info=not isinstance(e, HablaError),
+                        exc_info=not (error.transient or isinstance(e, HablaError)),
                     )
-                    raise _StageFailed(ctx) from e
+                    raise _StageFailed(ctx, error.transient, str(error)) from e
                 await self._backoff(attempt, error, ctx.inbound, type(stage).__name__)
                 if getattr(stage, "commits", False):
                     # the failed attempt may have been saved before it failed (a store's
@@ -550,6 +584,6 @@ class WaitInLine(Exception):
 class _StageFailed(Exception):
     """A stage failed for good; carries the context as it was before that stage."""
 
-    def __init__(self, ctx: TurnContext) -> None:
+    def __init__(self, ctx: TurnContext, transient: bool = False, reason: str = "") -> None:
         super().__init__("stage failed")
-        self.ctx = ctx
+        self.ctx, self.transient, self.reason = ctx, transient, reason

@@ -150,6 +150,31 @@ async def test_the_cache_serves_hot_conversations_and_notices_other_writers(
     assert [e.as_dict()["event"] for e in full.events][-3:] == ["user", "slot", "bot"]
 
 
+async def test_a_writer_whose_view_is_stale_is_fenced_out(open_store: OpenStore) -> None:
+    """Two servers load the conversation (one's lock expired while the other took
+    it): the first to save wins; the other writes nothing and is told to retry, and its
+    retry, on the stored state, goes through. Nothing is interleaved or lost."""
+    store, other = await open_store(), await open_store()
+    tracker = await store.get_or_create_tracker("u1")
+    tracker.update(UserUttered("hola"))
+    await store.save(tracker)
+    late, early = await store.retrieve("u1"), await other.retrieve("u1")
+    assert late is not None and early is not None
+    early.update(SlotSet("order_number", "AB12345"))
+    await other.save(early)
+    late.update(SlotSet("order_number", "XY98765"))
+    with pytest.raises(TransientError, match="moved on"):
+        await store.save(late)
+    again = await store.retrieve("u1")
+    assert again is not None and again.get_slot("order_number") == "AB12345"
+    again.update(BotUttered("after"))
+    await store.save(again)
+    full = await store.retrieve_full_tracker("u1")
+    events = [e.as_dict() for e in full.events]
+    assert [e["event"] for e in events][-3:] == ["user", "slot", "bot"]
+    assert [e.get("value") for e in events if e["event"] == "slot"] == ["AB12345"]
+
+
 @pytest.fixture
 async def delivery_log(backend: str, tmp_path: Path) -> AsyncIterator[Any]:
     if backend:

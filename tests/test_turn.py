@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -281,6 +282,42 @@ async def test_a_turn_that_fails_for_good_tells_the_user(db: SQLite) -> None:
     out = Collect()
     ctx = await turn.run(message(mid="SM2"), out)
     assert engine.calls == 1 and [r.text for r in out.sent] == ["sorry (en)"]
+
+
+async def test_a_webhook_turn_waits_for_a_store_to_return_then_answers_once(
+    db: SQLite,
+) -> None:
+    """A store down longer than the tries: a webhook's message stays pending (no error
+    reply) and is claimed again after its lease; once the store is back, one answer. The
+    patience runs from the message's arrival; after it, the user hears the error."""
+    engine = Engine(*(TransientError("mongo: ServerSelectionTimeoutError") for _ in range(4)))
+    turn, _ = await make_turn(db, engine)
+    turn.retry = RetryPolicy(attempts=3, backoff_s=0.0, patience_s=300)
+    inbox = turn.inbox
+    inbox.lease_s = 0.0  # claimable as soon as it is left
+    out, msg = Collect(), message()
+    assert await inbox.accept(msg)
+    ctx = await turn.run(msg, out, patient=True)
+    assert engine.calls == 3 and out.sent == [] and not ctx.failed
+    assert await inbox.is_pending(msg)
+    (again,) = await inbox.claim()
+    assert again.key == msg.key
+    ctx = await turn.run(replace(again, resumed=True), out, patient=True)
+    assert engine.calls == 5 and [r.text for r in out.sent] == ["you said hola"]
+    assert not await inbox.is_pending(msg) and await inbox.claim(all_pending=True) == []
+
+    # the same failures, on a message older than the patience: the error reply, once
+    engine.failures = [TransientError("down") for _ in range(3)]
+    old = replace(message(mid="SM2"), received_at=time.time() - 301)
+    await inbox.accept(old)
+    ctx = await turn.run(old, out, patient=True)
+    assert ctx.failed and [r.text for r in out.sent][-1] == "sorry (en)"
+    assert not await inbox.is_pending(old)
+
+    # a caller waiting on the line (REST, calls) is never kept waiting
+    engine.failures = [TransientError("down") for _ in range(3)]
+    ctx = await turn.run(message(mid="SM3"), out)
+    assert ctx.failed and len(out.sent) == 3
 
 
 async def test_a_lock_that_times_out_is_retried(db: SQLite) -> None:

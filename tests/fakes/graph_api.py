@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import serve
+from tests.fakes.server import Outage, serve
 
 
 class FakeGraphAPI:
@@ -25,6 +25,7 @@ class FakeGraphAPI:
         self.read: list[str] = []
         self.uploads: list[dict[str, Any]] = []
         self.failures: list[tuple[int, int, str]] = []
+        self.down = Outage()
         self.attempts = 0
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -41,6 +42,10 @@ class FakeGraphAPI:
 
     def fail_next(self, status: int, code: int, message: str = "error") -> None:
         self.failures.append((status, code, message))
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Refuse every message for the next ``seconds`` (the Graph API down)."""
+        self.down.begin(seconds, status)
 
     async def start(self) -> str:
         app = web.Application()
@@ -89,6 +94,8 @@ class FakeGraphAPI:
             return web.json_response({"success": True})
         if self.failures:
             return self.error(*self.failures.pop(0))
+        if self.down.refuses():
+            return self.error(self.down.status, 2, "Service temporarily unavailable")
         invalid = validate(body)
         if invalid:
             return self.error(400, 131009, f"Parameter value is not valid: {invalid}")

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import serve
+from tests.fakes.server import Outage, serve
 
 BUILTIN_PROPERTIES: dict[str, set[str]] = {
     "contacts": {
@@ -116,6 +116,8 @@ class FakeHubSpotAPI:
         self.search_lag = False
         self.unindexed: set[str] = set()
         self._failures: list[tuple[int, float | None]] = []
+        self.down = Outage()
+        self.created = asyncio.Condition()  # notified on each record created
         self._delays: list[float] = []
         self._closing = asyncio.Event()
         self._ids = itertools.count(1001)
@@ -128,6 +130,10 @@ class FakeHubSpotAPI:
     def fail_next(self, n: int = 1, status: int = 503, retry_after: float | None = None) -> None:
         """Answer the next ``n`` requests with ``status`` (and a Retry-After header)."""
         self._failures.extend([(status, retry_after)] * n)
+
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Refuse every request for the next ``seconds`` (429 or 5xx)."""
+        self.down.begin(seconds, status)
 
     def delay_next(self, seconds: float, n: int = 1) -> None:
         """Hold the next ``n`` answers for ``seconds``."""
@@ -210,6 +216,10 @@ class FakeHubSpotAPI:
                     429, "You have reached your secondly limit.", "RATE_LIMITS", headers
                 )
             raise HubSpotError(status, "Service Unavailable", "SERVICE_UNAVAILABLE", headers)
+        if self.down.refuses():
+            if self.down.status == 429:
+                raise HubSpotError(429, "You have reached your secondly limit.", "RATE_LIMITS")
+            raise HubSpotError(self.down.status, "Service Unavailable", "SERVICE_UNAVAILABLE")
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             raise HubSpotError(
                 401,
@@ -297,6 +307,8 @@ class FakeHubSpotAPI:
                 self.unindexed.add(object_id)
             for to_kind, to_id, type_id in links:
                 self.associations.add((kind, object_id, to_kind, to_id, type_id))
+            async with self.created:
+                self.created.notify_all()
             return web.json_response(_view(record, properties), status=201)
         except HubSpotError as e:
             return _error(e)

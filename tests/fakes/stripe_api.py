@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from tests.fakes.server import serve
+from tests.fakes.server import Outage, serve
 
 API_VERSION = "2025-10-29.clover"
 INTERVALS = ("day", "week", "month", "year")
@@ -179,6 +179,7 @@ class FakeStripeAPI:
         self.events: list[dict[str, Any]] = []
         self.requests: list[Recorded] = []
         self.failures: list[StripeAPIError] = []
+        self.down = Outage()
         self.delays: list[float] = []  # seconds the next endpoint runs take, one each
         self._saved: dict[str, _Saved] = {}
         self._running: set[str] = set()
@@ -218,6 +219,11 @@ class FakeStripeAPI:
         for _ in range(n):
             self.failures.append(StripeAPIError(status, message, type=type, code=code, saved=saved))
 
+    def outage(self, seconds: float, status: int = 503) -> None:
+        """Refuse every request for the next ``seconds``, in front of the idempotency
+        layer (Stripe's edge down)."""
+        self.down.begin(seconds, status)
+
     async def wait_answered(self, count: int, timeout: float = 10.0) -> None:
         """Until ``count`` requests have been answered (even if the client gave up)."""
 
@@ -242,7 +248,11 @@ class FakeStripeAPI:
             key = request.headers.get("Idempotency-Key", "")
             record = Recorded(request.method, request.path, dict(request.headers), {}, key)
             self.requests.append(record)
-            response = await self._serve(request, body, key, record, handler)
+            if self.down.refuses():
+                error = {"type": "api_error", "message": "Stripe is temporarily unavailable."}
+                response = self._json(self.down.status, {"error": error})
+            else:
+                response = await self._serve(request, body, key, record, handler)
             async with self._answered:
                 record.status = response.status
                 self._answered.notify_all()

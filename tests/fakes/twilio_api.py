@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import serve
+from tests.fakes.server import Outage, serve
 
 
 @dataclass
@@ -40,7 +40,7 @@ class FakeTwilioAPI:
         self.failures: list[tuple[int, int, str]] = []  # (http status, twilio code, message)
         self.attempts = 0
         self.delays: list[float] = []  # seconds to stall the next requests, one each
-        self.down_until, self.down_status, self.refused = 0.0, 503, 0
+        self.down = Outage()
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
         self.runner: web.AppRunner | None = None
@@ -60,8 +60,11 @@ class FakeTwilioAPI:
 
     def outage(self, seconds: float, status: int = 503) -> None:
         """Answer ``status`` to every message for the next ``seconds`` (Twilio down)."""
-        self.down_until = time.monotonic() + seconds
-        self.down_status = status
+        self.down.begin(seconds, status)
+
+    @property
+    def refused(self) -> int:
+        return self.down.refused
 
     async def start(self, port: int = 0) -> str:
         app = web.Application()
@@ -119,9 +122,8 @@ class FakeTwilioAPI:
             await asyncio.sleep(self.delays.pop(0))
         if self.failures:
             return self._error(*self.failures.pop(0))
-        if time.monotonic() < self.down_until:
-            self.refused += 1
-            return self._error(self.down_status, 20500, "Service unavailable")
+        if self.down.refuses():
+            return self._error(self.down.status, 20500, "Service unavailable")
         if not form.get("To") or not (form.get("From") or form.get("MessagingServiceSid")):
             return self._error(400, 21604, "A 'To' and 'From' phone number is required.")
         if not form.get("Body") and not form.getall("MediaUrl", []):
