@@ -68,6 +68,26 @@ async def wait_port(port: int, proc: asyncio.subprocess.Process, what: str, time
             await asyncio.sleep(0.1)
 
 
+async def wait_ready(
+    port: int, proc: asyncio.subprocess.Process, what: str, timeout: float
+) -> None:
+    """Until the habla server on ``port`` answers ``GET /health`` with 200."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/health") as r:
+                    if r.status == 200:
+                        return
+            if proc.returncode is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} was not ready in {timeout:.0f} s")
+            await asyncio.sleep(0.2)  # another process: polled, as a load balancer does
+
+
 @dataclass
 class Process:
     """One child process with its log file."""
@@ -230,10 +250,13 @@ class Cluster:
         return Process(f"server{index}", argv, self.workdir / f"server{index}.log", env, port)
 
     async def start_server(self, index: int, timeout: float = 300.0) -> None:
+        """Start a server and wait until it is ready (``/health`` 200: its model loaded;
+        it listens, and accepts webhooks, seconds before that)."""
         server = self.servers[index]
         await server.start()
         assert server.proc is not None
         await wait_port(server.port, server.proc, server.name, timeout)
+        await wait_ready(server.port, server.proc, server.name, timeout)
 
     def _haproxy_config(self) -> Path:
         backends = "\n".join(f"  server {s.name} 127.0.0.1:{s.port} check" for s in self.servers)

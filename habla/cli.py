@@ -8,6 +8,7 @@ import io
 import logging
 import signal
 import sys
+import time
 
 from nlu.logs import configure_logging, quiet_imports
 from runtime.settings import Settings, SettingsError, load_settings
@@ -59,9 +60,10 @@ async def serve(s: Settings) -> None:
 
     from habla.server import RUNTIME, create_app
 
-    app = create_app(s)
+    began = time.monotonic()
+    app = create_app(s, background=True)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
-    await runner.setup()  # loads the model and opens the stores
+    await runner.setup()  # opens the stores; the model loads in the background
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,8 +74,19 @@ async def serve(s: Settings) -> None:
         await site.start()
         base = f"http://{s.server.host}:{s.server.port}"
         runtime = app[RUNTIME]
-        print_urls(s, runtime.urls(base), runtime.closed_endpoints)
-        await stop.wait()
+        print(
+            f"habla is listening after {time.monotonic() - began:.1f} s; loading the model "
+            "(webhooks are accepted meanwhile and answered when it is loaded)",
+            flush=True,
+        )
+        assert runtime.loading is not None
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({runtime.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if runtime.loading.done():
+            runtime.loading.result()  # a model that cannot load stops the server
+            print(f"habla: ready after {time.monotonic() - began:.1f} s", flush=True)
+            print_urls(s, runtime.urls(base), runtime.closed_endpoints)
+        await stopping
         print("habla: stopping (finishing turns in progress)...", flush=True)
     finally:
         await runner.cleanup()

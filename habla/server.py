@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -28,7 +29,7 @@ from nlu.engine import Engine
 from runtime.calls import CallLog
 from runtime.coordination import Coordination, EmbeddedCoordination, Inbox
 from runtime.dispatch import Dispatcher
-from runtime.errors import classify
+from runtime.errors import TransientError, classify
 from runtime.media import MediaHost
 from runtime.messages import SYSTEM_PREFIX, InboundMessage, mask_phone
 from runtime.settings import Settings
@@ -58,6 +59,8 @@ class Runtime:
         self.deliveries = wiring.build_delivery_log(settings, self.db)
         self.calls = CallLog(self.db)
         self._turn: Turn | None = None
+        self.ready = asyncio.Event()  # set when the engine is loaded and turns can run
+        self.loading: asyncio.Task[None] | None = None  # load(), when in the background
         self.translator: CachingTranslator | None = None
         self.stores: Coordination | None = None
         self.stt: SpeechToText | None = None
@@ -138,7 +141,10 @@ class Runtime:
         return [e.as_dict() for e in tracker.events] if tracker is not None else []
 
     async def health(self, request: web.Request) -> web.Response:
-        """For load balancers: 200 once the server serves (it listens only when started)."""
+        """For load balancers: 200 once the engine is loaded; 503 while it loads (the
+        server already accepts webhooks then, and answers them once it is ready)."""
+        if not self.ready.is_set():
+            return web.json_response({"status": "loading", "held": len(self._held)}, status=503)
         return web.json_response({"status": "ok", "held": len(self._held)})
 
     def urls(self, base: str) -> dict[str, list[str]]:
@@ -156,42 +162,22 @@ class Runtime:
         return self.closed_channels | ({"stripe": missing} if missing else {})
 
     async def start(self) -> None:
+        """Open the stores and channels, then load the engine: ready when it returns."""
+        await self.open()
+        await self.load()
+
+    async def open(self) -> None:
+        """What a webhook needs to be accepted (stores, the inbox, channels, commerce):
+        seconds. Messages accepted before :meth:`load` ends wait for it in the queue."""
         s = self.settings
         tracker_store = self._tracker_store = wiring.build_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
         await self.calls.setup()
-        stores = self.stores = await wiring.build_coordination(s, self.db)
+        self.stores = await wiring.build_coordination(s, self.db)
         await wiring.start_commerce(self.commerce, s, self.db)
-        if self.engine is None:
-            model = await asyncio.to_thread(wiring.model_path, s)
-            self.engine = wiring.build_engine(s, model, self.commerce)
-        else:  # an engine shared by tests gets this server's commerce
-            self.engine.bind_services({"commerce": self.commerce})
-        await self.engine.load()
-        self.engine.bind_tracker_store(tracker_store)
-        self.translator = await self._start_translator(stores)
-        self.stt, self.tts = wiring.build_stt(s), wiring.build_tts(s)
-        # speech models load in the background: the server answers text at once, and
-        # a voice note that arrives first waits for its engine (engines start lazily)
-        self._warmups = [
-            asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
-        ]
         await self.media.start()
         self._domain_responses = await asyncio.to_thread(wiring.domain_responses, s.path(s.bot.dir))
-        self._turn = await wiring.build_turn(
-            s,
-            wiring.TurnParts(
-                self.engine,
-                stores,
-                self.deliveries,
-                self.media,
-                self.translator,
-                self.stt,
-                self.tts,
-                self._domain_responses,
-            ),
-        )
         for channel in self.channels.values():
             await channel.start()
         for name, missing in self.closed_channels.items():
@@ -216,11 +202,52 @@ class Runtime:
                 " and ".join(local),
                 s.path(s.store.data_dir),
             )
+
+    async def load(self) -> None:
+        """The engine (the Rasa model: most of a start), the speech engines and the
+        turn; then unfinished messages are resumed and the server is :attr:`ready`."""
+        s, stores = self.settings, self.stores
+        assert stores is not None, "open() first"
+        began = time.monotonic()
+        if self.engine is None:
+            model = await asyncio.to_thread(wiring.model_path, s)
+            self.engine = wiring.build_engine(s, model, self.commerce)
+        else:  # an engine shared by tests gets this server's commerce
+            self.engine.bind_services({"commerce": self.commerce})
+        await self.engine.load()
+        self.engine.bind_tracker_store(self._tracker_store)
+        self.translator = await self._start_translator(stores)
+        self.stt, self.tts = wiring.build_stt(s), wiring.build_tts(s)
+        # speech models load in the background: the server answers text at once, and
+        # a voice note that arrives first waits for its engine (engines start lazily)
+        self._warmups = [
+            asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
+        ]
+        self._turn = await wiring.build_turn(
+            s,
+            wiring.TurnParts(
+                self.engine,
+                stores,
+                self.deliveries,
+                self.media,
+                self.translator,
+                self.stt,
+                self.tts,
+                self._domain_responses,
+            ),
+        )
         # one server alone (embedded): everything unfinished is its own, from before a
         # crash or stop; shared: what a dead server leased is claimed once its lease ends
-        await self.resume_pending(all_pending=isinstance(self.stores, EmbeddedCoordination))
+        try:
+            await self.resume_pending(all_pending=isinstance(stores, EmbeddedCoordination))
+        except Exception as e:  # the store is briefly down: the lease rounds claim them
+            if not classify(e).transient:
+                raise
+            logger.warning("unfinished messages not resumed yet (%s): claimed later", e)
         self._leases = asyncio.create_task(self._keep_leases())
         await self.commerce.outbox.start()  # its retries may push events into turns
+        self.ready.set()
+        logger.info("engine loaded in %.1f s: ready", time.monotonic() - began)
 
     async def resume_pending(self, *, all_pending: bool = False) -> int:
         """Acknowledged messages whose turn never ended, because their server crashed or
@@ -297,14 +324,15 @@ class Runtime:
             await self.notify(order, intent, job.key)
 
     def _queue(self, msg: InboundMessage, output: OutputChannel) -> None:
-        turn, held, dispatcher = self.turn, self._held, self.dispatcher
+        held, dispatcher = self._held, self.dispatcher
         if msg.message_id:
             held[msg.key] = msg  # its lease is renewed until its turn ends
 
         async def run() -> None:
             settled = True
             try:
-                await turn.run(msg, output, patient=True)
+                await self.ready.wait()  # accepted while the engine loads: waits for it
+                await self.turn.run(msg, output, patient=True)
             except WaitInLine:  # behind an earlier message: after what is queued here
                 settled = False
                 await asyncio.sleep(LINE_POLL_S)
@@ -323,6 +351,13 @@ class Runtime:
         return True
 
     async def converse(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
+        """A turn the caller waits for (REST, calls): while the engine loads, it waits up
+        to ``READY_WAIT_S``, then :class:`Loading` (a 503 with Retry-After)."""
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), READY_WAIT_S)
+            except asyncio.TimeoutError:
+                raise Loading("the engine is still loading") from None
         return await self.turn.run(msg, output)
 
     def call_speech(self) -> CallSpeech | None:
@@ -349,6 +384,10 @@ class Runtime:
         return wiring.response_texts(self._domain_responses, name)
 
     async def close(self) -> None:
+        if self.loading is not None and not self.loading.done():
+            self.loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loading
         await self.dispatcher.close()
         if self._leases is not None:  # turns cancelled above: their leases run out
             self._leases.cancel()
@@ -381,8 +420,23 @@ class Runtime:
         yield
         await self.close()
 
+    async def lifespan_loading(self, app: web.Application) -> AsyncIterator[None]:
+        """Listen as soon as the stores are open; load the engine in the background."""
+        await self.open()
+        self.loading = asyncio.create_task(self.load())
+        yield
+        await self.close()
+
 
 RUNTIME = web.AppKey("runtime", Runtime)
+READY_WAIT_S = 10.0
+"""How long a turn its caller waits for (REST, calls) waits for the engine to load."""
+
+
+class Loading(TransientError):
+    """The engine is still loading: answered 503 with Retry-After."""
+
+
 RETRY_AFTER_S = 5
 """What a webhook refused with 503 (a store briefly down) asks its provider to wait."""
 
@@ -441,12 +495,17 @@ class MalformedRequests(logging.Filter):
 _MALFORMED = MalformedRequests()
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> web.Application:
-    """Build the server. ``engine`` lets tests share one loaded model between apps."""
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, background: bool = False
+) -> web.Application:
+    """Build the server. ``engine`` lets tests share one loaded model between apps.
+    ``background``: the server listens once its stores are open and loads the engine
+    meanwhile (``Runtime.loading``); webhooks are accepted at once and answered when it
+    is ready (``habla run`` does this); otherwise it listens only when ready."""
     runtime = Runtime(settings, engine)
     logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # (once: a filter is a set)
     app = web.Application(client_max_size=1024**2, middlewares=[close_unread, store_errors])
     app.add_routes(runtime.routes())
-    app.cleanup_ctx.append(runtime.lifespan)
+    app.cleanup_ctx.append(runtime.lifespan_loading if background else runtime.lifespan)
     app[RUNTIME] = runtime  # for the CLI and tests; handlers never look it up
     return app

@@ -675,11 +675,20 @@ class RedisCoordination(Coordination):
     @classmethod
     async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
         import redis.asyncio as aioredis
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.retry import Retry
 
         # every command has a deadline: Redis not answering is a transient error, retried,
-        # never a turn (and its conversation's lock) waiting for ever
+        # never a turn (and its conversation's lock) waiting for ever. A pooled connection
+        # that a restarted Redis closed fails its next command: that is tried again on a
+        # new connection (twice, 50-100 ms apart) instead of failing a turn
         client = aioredis.from_url(
-            settings.store.redis_url, socket_timeout=10, socket_connect_timeout=5
+            settings.store.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), 2),
+            retry_on_error=[RedisConnectionError],
         )
         await client.ping()
         return cls(

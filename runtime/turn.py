@@ -390,11 +390,33 @@ class Turn:
             status = None
             raise
         finally:
-            if state.deferred is not None:
-                await asyncio.shield(self._defer(msg, state.deferred))
-            elif status is not None and not state.answered_elsewhere:
-                await asyncio.shield(self.inbox.done(msg, status))
+            await self._settle(msg, state, status)
         return ctx
+
+    async def _settle(self, msg: InboundMessage, state: _Run, status: str | None) -> None:
+        """Record how the message ended, tried again for a few seconds if its store is
+        briefly down (a message left pending is claimed again after its lease, and its
+        last reply, sent but not recorded, would go twice). If the store stays down, it
+        stays pending."""
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                if state.deferred is not None:
+                    await asyncio.shield(self._defer(msg, state.deferred))
+                elif status is not None and not state.answered_elsewhere:
+                    await asyncio.shield(self.inbox.done(msg, status))
+                return
+            except Exception as e:
+                if not classify(e).transient:
+                    raise
+                if attempt + 1 < SETTLE_ATTEMPTS:
+                    await asyncio.sleep(0.2 * 2**attempt)  # backoff: 0.2 s, doubling
+                    continue
+                logger.warning(
+                    "message %s of %s not settled (%s): claimed again after its lease",
+                    msg.message_id,
+                    mask_phone(msg.conversation_id),
+                    e,
+                )
 
     async def _defer(self, msg: InboundMessage, deferred: DeliveryDeferred) -> None:
         answer = deferred.answer
@@ -571,6 +593,8 @@ class Turn:
         return ctx
 
 
+SETTLE_ATTEMPTS = 6
+"""Tries to record a finished turn (about 6 s in all) before it is left to the leases."""
 LINE_POLL_S = 0.05
 """How often a message waiting behind an earlier one of its conversation looks again."""
 

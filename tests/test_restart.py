@@ -7,11 +7,17 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from habla import server
+from habla.server import RUNTIME, create_app
 from runtime.coordination import SQLiteInbox
 from runtime.messages import InboundMessage
+from runtime.settings import load_settings
 from runtime.sqlite import SQLite
 from tests.conftest import (
     BOT_NUMBER,
@@ -20,6 +26,7 @@ from tests.conftest import (
     ServerFactory,
     base_env,
     free_port,
+    post_twilio,
     sign,
     whatsapp_form,
 )
@@ -28,7 +35,11 @@ from tests.fakes.twilio_api import FakeTwilioAPI
 USER = "+5511987654321"
 
 
-async def _start_server(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
+async def _start_server(
+    env: dict[str, str], port: int, *, ready: bool = True
+) -> asyncio.subprocess.Process:
+    """``habla run`` until it is ready (its URLs printed), or only until it listens
+    (``ready=False``: the model is still loading)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -45,8 +56,10 @@ async def _start_server(env: dict[str, str], port: int) -> asyncio.subprocess.Pr
     assert stdout is not None
     banner: list[str] = []
 
+    marker = "Press Ctrl-C to stop" if ready else "habla is listening"
+
     async def read_banner() -> None:
-        while "Press Ctrl-C to stop" not in (banner or [""])[-1]:
+        while marker not in (banner or [""])[-1]:
             line = (await stdout.readline()).decode()
             if not line:
                 raise AssertionError("server exited:\n" + "".join(banner))
@@ -54,8 +67,9 @@ async def _start_server(env: dict[str, str], port: int) -> asyncio.subprocess.Pr
 
     await asyncio.wait_for(read_banner(), 180)
     text = "".join(banner)
-    assert f"{PUBLIC_URL}/webhooks/twilio/webhook" in text
-    assert f"{PUBLIC_URL}/webhooks/twilio/status" in text
+    if ready:
+        assert f"{PUBLIC_URL}/webhooks/twilio/webhook" in text
+        assert f"{PUBLIC_URL}/webhooks/twilio/status" in text
     drain = asyncio.get_running_loop().create_task(stdout.read())  # keep the pipe flowing
     _DRAINS.add(drain)
     drain.add_done_callback(_DRAINS.discard)
@@ -82,10 +96,12 @@ async def test_a_conversation_halfway_through_the_form_continues_after_a_restart
     env = base_env(tmp_path / "data", twilio_api.url) | {"HABLA_LOG_LEVEL": "WARNING"}
     port = free_port()
     async with aiohttp.ClientSession() as session:
-        proc = await _start_server(env, port)
+        proc = await _start_server(env, port, ready=False)
         try:
+            # the server listens before its model is loaded: the webhook is accepted
+            # at once and answered once the model is loaded
             await _say(session, port, "where is my order?")
-            sent = await twilio_api.wait_for(1, timeout=60)
+            sent = await twilio_api.wait_for(1, timeout=180)
             assert "order number" in sent[0].body.lower()
         finally:
             proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -126,3 +142,55 @@ async def test_messages_acknowledged_before_a_crash_are_processed_on_start(
     assert len(sent) == 1 and "Monday" in sent[0].body
     assert await runtime.inbox.claim(all_pending=True) == []
     assert not await runtime.inbox.accept(msg)  # and a late redelivery is still a duplicate
+
+
+class SlowToLoad:
+    """The shared engine, whose ``load`` waits until the test lets it finish."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine, self.gate = engine, asyncio.Event()
+
+    async def load(self) -> None:
+        await self.gate.wait()
+        await self._engine.load()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+async def test_webhooks_are_accepted_while_the_model_loads(
+    engine: Any, twilio_api: FakeTwilioAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``habla run`` listens as soon as its stores are open: a webhook that arrives while
+    the model loads is stored (200) and answered once it is loaded; health says 503
+    until then (a load balancer sends it nothing yet), and a caller that waits for its
+    answer (REST) gets 503 with Retry-After instead of a hang."""
+    slow = SlowToLoad(engine)
+    settings = load_settings(env=base_env(tmp_path / "data", twilio_api.url))
+    app = create_app(settings, engine=cast(Any, slow), background=True)
+    client = TestClient(TestServer(app))
+    await client.start_server()  # returns with the model still loading
+    runtime = app[RUNTIME]
+    try:
+        assert (await client.get("/health")).status == 503
+        resp = await post_twilio(client, whatsapp_form("when are you open?", USER))
+        assert resp.status == 200
+        monkeypatch.setattr(server, "READY_WAIT_S", 0.05)
+        rest = await client.post(
+            "/webhooks/rest/webhook",
+            json={"sender": "u1", "message": "hola"},
+            headers={"Authorization": "Bearer rest-token"},
+        )
+        assert rest.status == 503 and rest.headers["Retry-After"] == "5"
+        assert twilio_api.sent == [] and not runtime.ready.is_set()
+
+        slow.gate.set()
+        assert runtime.loading is not None
+        await runtime.loading
+        assert (await client.get("/health")).status == 200
+        [sent] = await twilio_api.wait_for(1, timeout=60)
+        assert sent.to == f"whatsapp:{USER}" and "Monday" in sent.body
+        assert await runtime.dispatcher.wait_idle(60)
+        assert await runtime.inbox.claim(all_pending=True) == []
+    finally:
+        await client.close()
