@@ -273,13 +273,28 @@ class Deliver:
             retry = [d for d in sent if not d.ok and d.transient]
             if retry and not self._given_up(answer):
                 raise self._deferral(answer, index, retry[0].error)
+            # the reply is out: from here a failing store must not fail the stage, whose
+            # retry would send it again; the progress kept here goes on
             for delivery in sent:
-                await self._record(ctx, reply, delivery)
+                await self._after_send(self._record(ctx, reply, delivery), "its record", msg)
             deliveries.extend(sent)
             answer = replace(answer, sent=index + 1)
             if index + 1 < len(answer.replies):  # a crash now resends only what is left
-                await self.inbox.save_answer(msg, answer)
+                await self._after_send(self.inbox.save_answer(msg, answer), "its progress", msg)
         return replace(ctx, deliveries=tuple(deliveries))
+
+    @staticmethod
+    async def _after_send(write: Awaitable[None], what: str, msg: InboundMessage) -> None:
+        try:
+            await write
+        except Exception as e:
+            error = classify(e)
+            (logger.warning if error.transient else logger.exception)(
+                "a reply to %s was sent, %s not stored (%s)",
+                mask_phone(msg.conversation_id),
+                what,
+                error,
+            )
 
     def _given_up(self, answer: Answer) -> bool:
         since = answer.failing_since

@@ -320,6 +320,43 @@ async def test_a_webhook_turn_waits_for_a_store_to_return_then_answers_once(
     assert ctx.failed and len(out.sent) == 3
 
 
+async def test_a_store_failing_after_a_reply_went_out_does_not_send_it_again(
+    db: SQLite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MongoDB (the delivery log) or Redis (the progress) down right after a reply was
+    sent: retrying the stage would send it twice; the turn goes on and ends once."""
+    engine = Engine()
+    engine.handle = lambda msg: _two_replies()  # type: ignore[method-assign]
+    turn, inbox = await make_turn(db, engine)
+    deliver = turn.sender
+    calls = {"record": 0, "save": 0}
+
+    async def record_down(*args: Any) -> None:
+        calls["record"] += 1
+        raise TransientError("mongo: ServerSelectionTimeoutError")
+
+    real_save = inbox.save_answer
+
+    async def progress_down(msg: InboundMessage, answer: Any) -> None:
+        calls["save"] += 1
+        if answer.sent:  # the progress after the first reply
+            raise TransientError("ConnectionError: Connection closed by server")
+        await real_save(msg, answer)
+
+    monkeypatch.setattr(deliver.log, "record", record_down)
+    monkeypatch.setattr(inbox, "save_answer", progress_down)
+    out, msg = Collect(), message()
+    await inbox.accept(msg)
+    ctx = await turn.run(msg, out)
+    assert [r.text for r in out.sent] == ["uno", "dos"] and not ctx.failed
+    assert calls == {"record": 2, "save": 2}
+    assert not await inbox.is_pending(msg)
+
+
+async def _two_replies() -> list[BotReply]:
+    return [BotReply(text="uno"), BotReply(text="dos")]
+
+
 async def test_a_lock_that_times_out_is_retried(db: SQLite) -> None:
     class FlakyLocks(InProcessLocks):
         failures = 1
