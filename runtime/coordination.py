@@ -691,9 +691,12 @@ class RedisCoordination(Coordination):
             retry_on_error=[RedisConnectionError],
         )
         await client.ping()
+        lease_s = settings.store.inbox_lease_s
         return cls(
-            RedisLocks(client),
-            RedisInbox(client, settings.store.dedupe_ttl_s, lease_s=settings.store.inbox_lease_s),
+            # a dead server's lock frees soon after its messages' leases end (30 s with
+            # the default 15 s lease), so the server that claims them can run them
+            RedisLocks(client, ttl_s=max(10.0, 2 * lease_s)),
+            RedisInbox(client, settings.store.dedupe_ttl_s, lease_s=lease_s),
             RedisChoices(client),
             RedisLanguageStore(client),
             RedisTranslationCache(client),

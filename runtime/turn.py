@@ -273,14 +273,14 @@ class Deliver:
             retry = [d for d in sent if not d.ok and d.transient]
             if retry and not self._given_up(answer):
                 raise self._deferral(answer, index, retry[0].error)
-            # the reply is out: from here a failing store must not fail the stage, whose
-            # retry would send it again; the progress kept here goes on
+            # the reply is out: its progress first (one Redis write, so a crash now does
+            # not send it again), then its record. From here a failing store must not
+            # fail the stage, whose retry would send it again: the progress goes on here
+            answer = replace(answer, sent=index + 1)
+            await self._after_send(self.inbox.save_answer(msg, answer), "its progress", msg)
             for delivery in sent:
                 await self._after_send(self._record(ctx, reply, delivery), "its record", msg)
             deliveries.extend(sent)
-            answer = replace(answer, sent=index + 1)
-            if index + 1 < len(answer.replies):  # a crash now resends only what is left
-                await self._after_send(self.inbox.save_answer(msg, answer), "its progress", msg)
         return replace(ctx, deliveries=tuple(deliveries))
 
     @staticmethod
