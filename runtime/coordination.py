@@ -693,9 +693,10 @@ class RedisCoordination(Coordination):
         await client.ping()
         lease_s = settings.store.inbox_lease_s
         return cls(
-            # a dead server's lock frees soon after its messages' leases end (30 s with
-            # the default 15 s lease), so the server that claims them can run them
-            RedisLocks(client, ttl_s=max(10.0, 2 * lease_s)),
+            # 30 s, not shorter: a server whose loop stalls (a starved machine) keeps its
+            # locks, so a message claimed from it meanwhile waits instead of going twice;
+            # a dead server's lock frees within that
+            RedisLocks(client),
             RedisInbox(client, settings.store.dedupe_ttl_s, lease_s=lease_s),
             RedisChoices(client),
             RedisLanguageStore(client),
