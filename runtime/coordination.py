@@ -682,13 +682,15 @@ class RedisCoordination(Coordination):
         # every command has a deadline: Redis not answering is a transient error, retried,
         # never a turn (and its conversation's lock) waiting for ever. A pooled connection
         # that a restarted Redis closed fails its next command: that is tried again on a
-        # new connection (twice, 50-100 ms apart) instead of failing a turn
+        # new connection (twice, 50-100 ms apart; pipelines are not, so a connection idle
+        # for 5 s is checked first) instead of failing a turn
         client = aioredis.from_url(
             settings.store.redis_url,
             socket_timeout=10,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.05), 2),
             retry_on_error=[RedisConnectionError],
+            health_check_interval=5,  # an idle connection is checked (PING) before use
         )
         await client.ping()
         lease_s = settings.store.inbox_lease_s
