@@ -677,7 +677,7 @@ class RedisCoordination(Coordination):
         import redis.asyncio as aioredis
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.retry import Retry
+        from redis.asyncio.retry import Retry
 
         # every command has a deadline: Redis not answering is a transient error, retried,
         # never a turn (and its conversation's lock) waiting for ever. A pooled connection

@@ -6,16 +6,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from runtime.coordination import Answer, InProcessLocks, RedisInbox, RedisLocks, SQLiteInbox
+from runtime.coordination import (
+    Answer,
+    InProcessLocks,
+    RedisCoordination,
+    RedisInbox,
+    RedisLocks,
+    SQLiteInbox,
+)
 from runtime.dispatch import Dispatcher
 from runtime.messages import BotReply, InboundMessage, Location, MediaRef
+from runtime.settings import load_settings
 from runtime.sqlite import SQLite
 from runtime.turn import Dialogue
-from tests.conftest import ServerFactory, base_env, post_twilio, whatsapp_form
+from tests.conftest import (
+    ServerFactory,
+    base_env,
+    free_port,
+    post_twilio,
+    start_redis,
+    whatsapp_form,
+)
 from tests.fakes.twilio_api import FakeTwilioAPI
 
 
@@ -249,3 +264,30 @@ async def test_a_server_that_stops_renewing_loses_its_messages_to_another(
     assert len(twilio_api.sent) == 1
     assert await runtime_b.inbox.claim(all_pending=True) == []  # settled
     await aioredis.from_url(env["HABLA_REDIS_URL"]).flushdb()
+
+
+async def test_a_restarted_redis_costs_no_request(tmp_path: Path) -> None:
+    """Redis restarts (a deploy, a failover): the pooled connections it closed are
+    replaced on their next command instead of failing it (a webhook would get a 503)."""
+    port = free_port()
+    proc = start_redis(port, tmp_path)
+    env = base_env(tmp_path / "data") | {
+        "HABLA_COORDINATION": "redis",
+        "HABLA_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+    }
+    stores = await RedisCoordination.from_settings(load_settings(env=env), SQLite(tmp_path / "x"))
+    try:
+        inbox = stores.inbox
+        first = [InboundMessage("t", f"+3460000000{i}", message_id=f"SMr{i}") for i in range(8)]
+        assert all(await asyncio.gather(*(inbox.accept(m) for m in first)))  # 8 connections
+        proc.terminate()
+        proc.wait(10)
+        proc = start_redis(port, tmp_path)
+        later = [InboundMessage("t", f"+3461000000{i}", message_id=f"SMs{i}") for i in range(8)]
+        assert all(await asyncio.gather(*(inbox.accept(m) for m in later)))
+        async with cast(RedisInbox, inbox).redis.pipeline(transaction=True) as pipe:
+            assert await pipe.ping().execute() == [True]
+    finally:
+        await stores.close()
+        proc.terminate()
+        proc.wait(10)
