@@ -675,9 +675,9 @@ class RedisCoordination(Coordination):
     @classmethod
     async def from_settings(cls, settings: Settings, db: SQLite) -> Coordination:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.asyncio.retry import Retry
 
         # every command has a deadline: Redis not answering is a transient error, retried,
         # never a turn (and its conversation's lock) waiting for ever. A pooled connection
