@@ -71,10 +71,17 @@ class RasaEngine(Engine):
     agent's ``MessageProcessor`` directly rather than through Rasa's own lock store.
     """
 
-    def __init__(self, model_path: Path, action_endpoint: Any, parse_cache: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        action_endpoint: Any,
+        parse_cache: int = 0,
+        flat_history: bool = True,
+    ) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
         self.parse_cache = parse_cache
+        self.flat_history = flat_history
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -84,9 +91,11 @@ class RasaEngine(Engine):
         from rasa.core.agent import Agent
         from rasa.core.lock_store import InMemoryLockStore
 
-        from nlu import speedups
+        from nlu import history, speedups
 
         speedups.install()
+        if self.flat_history:
+            history.install()
 
         def load() -> Any:
             # TensorFlow and Keras warn at import (and reset filters): record, don't print

@@ -141,12 +141,12 @@ class SQLiteTrackerStore(AppendOnlyTrackerStore):
         first_seq = getattr(tracker, BASE_ATTR, 0)
 
         def write(conn: Any) -> tuple[int, bool]:
+            # the last event by its key (an index read: the whole log is never scanned)
             row = conn.execute(
-                "SELECT COALESCE(MAX(seq) + 1, 0), COALESCE(MAX(timestamp), 0) "
-                "FROM events WHERE sender_id = ?",
+                "SELECT seq, timestamp FROM events WHERE sender_id = ? ORDER BY seq DESC LIMIT 1",
                 (tracker.sender_id,),
             ).fetchone()
-            next_seq, last_ts = row
+            next_seq, last_ts = (row[0] + 1, row[1]) if row else (0, 0.0)
             if self.fenced(tracker, next_seq):  # (checked and written in one transaction)
                 return -1, False
             start = next_seq - first_seq

@@ -136,6 +136,13 @@ class EngineSettings:
         'NLU results kept for repeated message texts ("hi", "1", "ok"), per engine '
         "process; 0 disables. Safe with Rasa's NLU components, which read only the text.",
     )
+    flat_history: bool = setting(
+        True,
+        "HABLA_FLAT_HISTORY",
+        "Compute Rasa's per-turn history work (applied events, the policies' dialogue "
+        "states, tracker copies) incrementally, so a turn's cost does not grow with the "
+        "conversation's length (nlu/history.py; the same predictions). false: Rasa's own.",
+    )
 
 
 @dataclass(frozen=True)
