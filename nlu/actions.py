@@ -66,6 +66,26 @@ class InProcessActionEndpoint(EndpointConfig):
             return {"events": [], "responses": responses}
 
 
+class CopyOnReadEvents(list):
+    """A custom action's ``tracker.events``: the dicts habla serialized once
+    (nlu/history.py ``serialized_events``), handed out as copies when Python code reads
+    them, so an action that edits one edits its own. Reading a few of the latest
+    (``slots_to_validate`` in every form validation) costs a few copies, not one per
+    event of a long conversation."""
+
+    def __iter__(self) -> Any:
+        return (dict(e) for e in super().__iter__())
+
+    def __reversed__(self) -> Any:
+        return (dict(e) for e in super().__reversed__())
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        if isinstance(index, slice):
+            return [dict(e) for e in item]
+        return dict(item)
+
+
 def inject(executor: ActionExecutor, dependencies: Mapping[str, object]) -> None:
     """Hand each registered action the services it declares as class attributes
     (``commerce: Commerce | None = None``); nothing global is looked up."""

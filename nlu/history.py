@@ -1,7 +1,8 @@
 """The 1,000th turn as cheap as the 10th: Rasa 3.6's history work made incremental.
 
 On every prediction Rasa 3.6 recomputes from the whole conversation, so a turn's cost
-grows with its length (turn 1,000 of the example bot took 25× turn 10, profiled):
+grows with its length (in-process under cProfile, turn 1,000 of the example bot took
+594 ms, 27× turn 10):
 
 - ``DialogueStateTracker.applied_events()`` folds over every event (undoing reverted
   and repeated loop turns), several times per prediction;
@@ -27,13 +28,18 @@ Each is replaced by the same computation done incrementally, with the same resul
   (every state change in Rasa goes through an event, so the two are equal);
 - :func:`action_call` serializes for a custom action only the events it has not
   serialized before (each event's dict is kept once no later step can change it:
-  everything before the latest user message); in-process actions get copies.
+  everything before the latest user message); in-process actions read copies
+  (nlu/actions.py ``CopyOnReadEvents``);
+- :func:`temporary_tracker`, the tracker a form validates on, is a copy plus the
+  form's events instead of a replay of the whole conversation;
+- :func:`idx_after_latest_restart` continues its scan from where it ended, and
+  :func:`is_action_limit_reached` reads the events from the end without copying them.
 
 Event objects are never rewritten in the middle of a conversation; the caches check
 identity (``is``) at the point where they resume. ``tests/test_history.py`` runs long
 conversations with forms, rules conditioned on slots, reverts and restarts both ways
-and requires identical predictions and events. ``engine.flat_history`` (on by
-default) switches all of this off.
+and requires identical predictions and events. ``HABLA_FLAT_HISTORY=false``
+(``engine.flat_history``, on by default) leaves Rasa's own code in place.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from typing import Any, Optional
 
 import rasa
 from rasa.core.actions.action import RemoteAction
+from rasa.core.actions.forms import FormAction
 from rasa.core.featurizers.tracker_featurizers import (
     MaxHistoryTrackerFeaturizer,
     _is_prev_action_unlikely_intent_in_state,
@@ -57,7 +64,13 @@ from rasa.core.policies.rule_policy import (
     RULES_NOT_IN_STORIES,
     RulePolicy,
 )
-from rasa.shared.core.constants import PREVIOUS_ACTION
+from rasa.core.processor import MessageProcessor
+from rasa.shared.core.constants import (
+    ACTION_LISTEN_NAME,
+    ACTION_SESSION_START_NAME,
+    PREVIOUS_ACTION,
+    REQUESTED_SLOT,
+)
 from rasa.shared.core.domain import Domain, State
 from rasa.shared.core.events import (
     ActionExecuted,
@@ -66,12 +79,13 @@ from rasa.shared.core.events import (
     Event,
     Restarted,
     SessionStarted,
+    SlotSet,
     UserUtteranceReverted,
     UserUttered,
 )
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 
-from nlu.actions import InProcessActionEndpoint
+from nlu.actions import CopyOnReadEvents, InProcessActionEndpoint
 
 MEMO_ATTR = "_habla_history"
 WINDOW_ATTR = "_habla_window"  # on a rule policy's featurizer: the states it can use
@@ -85,9 +99,10 @@ class _Memo:
     """A tracker's caches. A deep copy or a pickle of the tracker starts empty; a
     :func:`copy_tracker` copy shares the (never mutated) entries."""
 
-    __slots__ = ("applied", "states", "serialized")
+    __slots__ = ("applied", "states", "serialized", "restart")
 
     def __init__(self) -> None:
+        self.restart: Optional[tuple[int, Event, Event, int]] = None
         self.applied: Optional[_Applied] = None
         self.states: dict[tuple[Any, ...], _States] = {}
         self.serialized = _Serialized()
@@ -155,6 +170,11 @@ def _memo(tracker: DialogueStateTracker) -> _Memo:
 
 def applied_events(self: DialogueStateTracker) -> list[Event]:
     """``DialogueStateTracker.applied_events``, continuing the previous fold."""
+    return list(_applied(self))
+
+
+def _applied(self: DialogueStateTracker) -> list[Event]:
+    """The applied events, as the cached list itself: read it, never change it."""
     events = self.events
     n = len(events)
     memo = _memo(self)
@@ -167,19 +187,19 @@ def applied_events(self: DialogueStateTracker) -> list[Event]:
         and events[cached.n - 1] is cached.last
     ):
         if n == cached.n:
-            return list(cached.events)
+            return cached.events
         new = [events[i] for i in range(cached.n, n)]
         names = {e.name for e in new if isinstance(e, ActiveLoop) and e.name}
         if names <= cached.loop_names:
-            applied = list(cached.events)
+            applied = list(cached.events)  # copies sharing the old list keep it intact
             _fold(self, new, cached.loop_names, applied)
             memo.applied = _Applied(n, events[0], events[-1], cached.loop_names, applied)
-            return list(applied)
+            return applied
     result: list[Event] = _original["applied_events"](self)
     loop_names = frozenset(e.name for e in events if isinstance(e, ActiveLoop) and e.name)
     first, last = (events[0], events[-1]) if n else (None, None)
     memo.applied = _Applied(n, first, last, loop_names, result)
-    return list(result)
+    return result
 
 
 def _fold(
@@ -207,6 +227,28 @@ def _fold(
             applied.append(event)
 
 
+def idx_after_latest_restart(self: DialogueStateTracker) -> int:
+    """``DialogueStateTracker.idx_after_latest_restart``, scanning only new events."""
+    events = self.events
+    n = len(events)
+    memo = _memo(self)
+    cached = memo.restart
+    if cached is not None and cached[0] <= n and events[0] is cached[1]:
+        if events[cached[0] - 1] is cached[2]:
+            count, _, _, idx = cached
+            for i in range(count, n):
+                if isinstance(events[i], Restarted):
+                    idx = i + 1
+            memo.restart = (n, events[0], events[-1], idx) if n else None
+            return idx
+    idx = 0
+    for i, event in enumerate(events):
+        if isinstance(event, Restarted):
+            idx = i + 1
+    memo.restart = (n, events[0], events[-1], idx) if n else None
+    return idx
+
+
 # ---------------------------------------------------------------- states
 
 
@@ -223,7 +265,7 @@ def recent_states(
     removing ``action_unlikely_intent`` turns if ``drop_unlikely_intent``), computed
     from the newest snapshot that still holds. The states are fresh copies: callers
     may edit them, as Rasa's featurizers do."""
-    applied = tracker.applied_events()
+    applied = _applied(tracker) if _enabled else tracker.applied_events()
     memo = _memo(tracker)
     key = (id(domain), omit_unset_slots, ignore_rule_only_turns, drop_unlikely_intent)
     entry = memo.states.get(key)
@@ -375,7 +417,9 @@ def copy_tracker(self: DialogueStateTracker) -> DialogueStateTracker:
     duplicate.active_loop = copy.copy(self.active_loop)
     memo = self.__dict__.get(MEMO_ATTR)
     if memo is not None:
+        self.idx_after_latest_restart()  # brought up to date here, once, for the copies
         shared = _memo(duplicate)
+        shared.restart = memo.restart
         shared.applied = memo.applied
         shared.states = dict(memo.states)
         shared.serialized = memo.serialized
@@ -385,11 +429,11 @@ def copy_tracker(self: DialogueStateTracker) -> DialogueStateTracker:
 # ---------------------------------------------------------------- custom actions
 
 
-def serialized_events(tracker: DialogueStateTracker, copies: bool) -> list[dict[str, Any]]:
+def serialized_events(tracker: DialogueStateTracker) -> list[dict[str, Any]]:
     """``[e.as_dict() for e in tracker.events]``, reusing the dicts of events before the
     latest user message (nothing changes those events any more: Rasa edits only the
-    latest user message, and only new events get timestamps and model ids).
-    ``copies``: a shallow copy of each reused dict (for callers that may edit them)."""
+    latest user message, and only new events get timestamps and model ids). The
+    reused dicts are shared: callers must not edit them."""
     events = tracker.events
     n = len(events)
     stable = n
@@ -397,18 +441,22 @@ def serialized_events(tracker: DialogueStateTracker, copies: bool) -> list[dict[
         stable -= 1
     stable = max(stable - 1, 0)  # the latest user message itself may still change
     cache = _memo(tracker).serialized
-    reused: list[dict[str, Any]] = []
+    reused = 0
     if cache.count and cache.count <= n and events[0] is cache.first:
         if events[cache.count - 1] is cache.last:
-            reused = cache.dicts[: min(cache.count, stable)]
-    if len(reused) < stable:
-        start = len(reused)
-        fresh = [events[i].as_dict() for i in range(start, stable)]
-        reused = reused + fresh
-        cache.count, cache.first, cache.last = stable, events[0], events[stable - 1]
-        cache.dicts = reused
-    out = [dict(d) for d in reused] if copies else list(reused)
-    out.extend(events[i].as_dict() for i in range(len(reused), n))
+            reused = min(cache.count, stable)
+    if reused < stable:
+        dicts = cache.dicts[:reused] if reused < cache.count else cache.dicts
+        dicts.extend(events[i].as_dict() for i in range(reused, stable))
+        cache.count, cache.first, cache.last, cache.dicts = (
+            stable,
+            events[0],
+            events[stable - 1],
+            dicts,
+        )
+        reused = stable
+    out = cache.dicts[:reused]
+    out.extend(events[i].as_dict() for i in range(reused, n))
     return out
 
 
@@ -417,8 +465,11 @@ def action_call(
 ) -> dict[str, Any]:
     """``RemoteAction._action_call_format`` with :func:`serialized_events`."""
     state = tracker.current_state(EventVerbosity.NONE)
-    in_process = isinstance(self.action_endpoint, InProcessActionEndpoint)
-    state["events"] = serialized_events(tracker, copies=in_process)
+    events = serialized_events(tracker)
+    if isinstance(self.action_endpoint, InProcessActionEndpoint):
+        state["events"] = CopyOnReadEvents(events)  # the action reads copies
+    else:
+        state["events"] = events  # sent as JSON
     result = {
         "next_action": self._name,
         "sender_id": tracker.sender_id,
@@ -430,6 +481,40 @@ def action_call(
     ):
         result["domain"] = domain.as_dict()
     return result
+
+
+def temporary_tracker(
+    self: FormAction,
+    current_tracker: DialogueStateTracker,
+    additional_events: list[Event],
+    domain: Domain,
+) -> DialogueStateTracker:
+    """``FormAction._temporary_tracker`` (the tracker a form's validation action sees):
+    Rasa replays every event since the latest restart into a new tracker; with no
+    restart in the tracker that is a copy of it, and the form's events are added the
+    same way."""
+    if current_tracker.idx_after_latest_restart() != 0:
+        return _original["temporary_tracker"](self, current_tracker, additional_events, domain)
+    tracker = copy_tracker(current_tracker)
+    tracker.update(SlotSet(REQUESTED_SLOT, self.get_slot_to_fill(current_tracker)))
+    tracker.update(ActionExecuted(self.name()))
+    for event in additional_events:
+        tracker.update(event)
+    return tracker
+
+
+def is_action_limit_reached(
+    self: MessageProcessor, tracker: DialogueStateTracker, should_predict_another_action: bool
+) -> bool:
+    """``MessageProcessor.is_action_limit_reached``, reading the events from the end
+    instead of copying and reversing all of them first."""
+    predicted = 0
+    for event in reversed(tracker.events):
+        if isinstance(event, ActionExecuted):
+            if event.action_name in (ACTION_LISTEN_NAME, ACTION_SESSION_START_NAME):
+                break
+            predicted += 1
+    return predicted >= self.max_number_of_predictions and should_predict_another_action
 
 
 # ---------------------------------------------------------------- featurizers
@@ -521,11 +606,17 @@ def install() -> None:
         _original["prediction_states"] = MaxHistoryTrackerFeaturizer.prediction_states
         _original["rule_prediction_states"] = RulePolicy.__dict__.get("_prediction_states")
         _original["action_call"] = RemoteAction._action_call_format
+        _original["temporary_tracker"] = FormAction._temporary_tracker
+        _original["is_action_limit_reached"] = MessageProcessor.is_action_limit_reached
+        _original["idx_after_latest_restart"] = DialogueStateTracker.idx_after_latest_restart
     DialogueStateTracker.applied_events = applied_events
     DialogueStateTracker.copy = copy_tracker
     MaxHistoryTrackerFeaturizer.prediction_states = prediction_states
     RulePolicy._prediction_states = rule_prediction_states
     RemoteAction._action_call_format = action_call
+    FormAction._temporary_tracker = temporary_tracker
+    MessageProcessor.is_action_limit_reached = is_action_limit_reached
+    DialogueStateTracker.idx_after_latest_restart = idx_after_latest_restart
     _enabled = True
 
 
@@ -542,6 +633,9 @@ def uninstall() -> None:
     else:
         RulePolicy._prediction_states = _original["rule_prediction_states"]
     RemoteAction._action_call_format = _original["action_call"]
+    FormAction._temporary_tracker = _original["temporary_tracker"]
+    MessageProcessor.is_action_limit_reached = _original["is_action_limit_reached"]
+    DialogueStateTracker.idx_after_latest_restart = _original["idx_after_latest_restart"]
     _enabled = False
 
 

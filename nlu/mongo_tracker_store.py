@@ -29,7 +29,7 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SessionStarted
 from rasa.shared.core.trackers import DialogueStateTracker
 
-from nlu.tracker_store import BASE_ATTR, AppendOnlyTrackerStore
+from nlu.tracker_store import BASE_ATTR, MB, AppendOnlyTrackerStore
 from runtime.errors import TransientError
 from runtime.settings import Settings, SettingsError
 
@@ -62,7 +62,12 @@ class MongoTrackerStore(AppendOnlyTrackerStore):
         c = settings.commerce
         if not c.mongo_url:
             raise SettingsError(["HABLA_MONGO_URL is required when the tracker store is mongo"])
-        return cls(c.mongo_url, c.mongo_database, cache_size=settings.store.tracker_cache)
+        return cls(
+            c.mongo_url,
+            c.mongo_database,
+            cache_size=settings.store.tracker_cache,
+            cache_bytes=settings.store.tracker_cache_mb * MB,
+        )
 
     async def setup(self) -> None:
         if self._client is None:
@@ -147,7 +152,7 @@ class MongoTrackerStore(AppendOnlyTrackerStore):
         if aligned:
             self._remember(tracker, next_seq + len(docs))
         else:
-            self._hot.pop(tracker.sender_id, None)
+            self._forget(tracker.sender_id)
 
     async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
         start = 0

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_session ON events (sender_id, type_name, seq);
 """
 
+MB = 1024 * 1024
+EVENT_BYTES = 330  # memory of one deserialized event with its caches (bench/growth.py)
 BASE_ATTR = "_habla_first_seq"  # sequence number of a retrieved tracker's first event
 SEEN_ATTR = "_habla_next_seq"  # where the log ended when the tracker was loaded or saved
 
@@ -60,10 +62,18 @@ class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
     Subclasses read and write the log (SQLite here, MongoDB in ``mongo_tracker_store``).
     """
 
-    def __init__(self, domain: Optional[Domain] = None, cache_size: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        domain: Optional[Domain] = None,
+        cache_size: int = 0,
+        cache_bytes: int = 512 * MB,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(domain, **kwargs)
         self.cache_size = cache_size
-        self._hot: OrderedDict[str, tuple[DialogueStateTracker, int]] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self._hot: OrderedDict[str, tuple[DialogueStateTracker, int, int]] = OrderedDict()
+        self._hot_events = 0  # events held by the cached trackers (their memory's measure)
 
     @abstractmethod
     async def _next_seq(self, sender_id: str) -> int:
@@ -83,8 +93,14 @@ class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
         return getattr(tracker, SEEN_ATTR, next_seq) != next_seq
 
     def _moved_on(self, tracker: DialogueStateTracker) -> NoReturn:
-        self._hot.pop(tracker.sender_id, None)
+        self._forget(tracker.sender_id)
         raise ConversationMovedOn(tracker.sender_id)
+
+    def _forget(self, sender_id: str) -> Optional[tuple[DialogueStateTracker, int, int]]:
+        hot = self._hot.pop(sender_id, None)
+        if hot is not None:
+            self._hot_events -= hot[2]
+        return hot
 
     @staticmethod
     def _saw(tracker: DialogueStateTracker, next_seq: int) -> None:
@@ -93,15 +109,18 @@ class AppendOnlyTrackerStore(TrackerStore, SerializedTrackerAsText):
     def _remember(self, tracker: DialogueStateTracker, next_seq: int) -> None:
         if self.cache_size <= 0:
             return
-        self._hot[tracker.sender_id] = (tracker, next_seq)
-        self._hot.move_to_end(tracker.sender_id)
-        while len(self._hot) > self.cache_size:
-            self._hot.popitem(last=False)
+        self._forget(tracker.sender_id)
+        held = len(tracker.events)
+        self._hot[tracker.sender_id] = (tracker, next_seq, held)
+        self._hot_events += held
+        budget = self.cache_bytes // EVENT_BYTES
+        while len(self._hot) > self.cache_size or (self._hot_events > budget and self._hot):
+            self._hot_events -= self._hot.popitem(last=False)[1][2]
 
     async def retrieve(self, sender_id: str) -> Optional[DialogueStateTracker]:
-        hot = self._hot.pop(sender_id, None)
+        hot = self._forget(sender_id)
         if hot is not None:
-            tracker, next_seq = hot
+            tracker, next_seq, _ = hot
             unsaved = len(tracker.events) != next_seq - getattr(tracker, BASE_ATTR, 0)
             if not unsaved and await self._next_seq(sender_id) == next_seq:
                 self._remember(tracker, next_seq)
@@ -129,7 +148,11 @@ class SQLiteTrackerStore(AppendOnlyTrackerStore):
 
     @classmethod
     def from_settings(cls, settings: Settings, db: SQLite) -> SQLiteTrackerStore:
-        return cls(db, cache_size=settings.store.tracker_cache)
+        return cls(
+            db,
+            cache_size=settings.store.tracker_cache,
+            cache_bytes=settings.store.tracker_cache_mb * MB,
+        )
 
     async def setup(self) -> None:
         await self.db.script(SCHEMA)
@@ -178,7 +201,7 @@ class SQLiteTrackerStore(AppendOnlyTrackerStore):
         if aligned:
             self._remember(tracker, next_seq)
         else:
-            self._hot.pop(tracker.sender_id, None)
+            self._forget(tracker.sender_id)
 
     async def _load(self, sender_id: str, full: bool) -> Optional[DialogueStateTracker]:
         def read(conn: Any) -> list[tuple[int, str]]:

@@ -237,6 +237,9 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_status ON inbox (status, received_at);
 CREATE INDEX IF NOT EXISTS inbox_conversation ON inbox (conversation_id, channel, received_at);
+-- a conversation's unanswered messages (ahead_in_line, waiting_before) without reading the
+-- ones answered before: those grow with the conversation, the pending ones do not
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (conversation_id) WHERE status = 'pending';
 """
 
 

@@ -263,6 +263,13 @@ class StoreSettings:
         "Conversations whose state stays deserialized in memory between turns (per "
         "engine process; checked against the store before use). 0 disables.",
     )
+    tracker_cache_mb: int = setting(
+        512,
+        "HABLA_TRACKER_CACHE_MB",
+        "Memory those conversations may hold per engine process, estimated from their "
+        "events (about 330 bytes each, measured by bench/growth.py: a 1,000-turn "
+        "conversation holds about 2 MB); the least recently active leave first.",
+    )
     dedupe_ttl_s: int = setting(
         172800,
         "HABLA_DEDUPE_TTL_S",
@@ -954,6 +961,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append("turn.patience_s (HABLA_TURN_PATIENCE_S): 0-86400")
     if s.store.tracker_cache < 0:
         problems.append("store.tracker_cache (HABLA_TRACKER_CACHE): 0 or more")
+    if s.store.tracker_cache_mb < 1:
+        problems.append("store.tracker_cache_mb (HABLA_TRACKER_CACHE_MB): 1 or more")
     if s.engine.parse_cache < 0:
         problems.append("engine.parse_cache (HABLA_PARSE_CACHE): 0 or more")
     if s.send.max_attempts < 1:

@@ -174,3 +174,27 @@ async def test_copies_and_applied_events_match_rasa(engine: RasaEngine) -> None:
     )
     assert quick_copy.active_loop == rasa_copy.active_loop
     assert quick_copy.followup_action == rasa_copy.followup_action
+
+
+async def test_actions_see_every_event_serialized_as_rasa_does(engine: RasaEngine) -> None:
+    from rasa.core.actions.action import RemoteAction
+    from rasa_sdk.interfaces import Tracker
+
+    from nlu.actions import InProcessActionEndpoint
+
+    for text in BLOCK * 2:
+        await say(engine, "history-actions", text)
+    long = await tracker(engine, "history-actions")
+    action = RemoteAction("action_product_price", InProcessActionEndpoint("actions"))
+    expected = [e.as_dict() for e in long.events]
+    seen = Tracker.from_dict(action._action_call_format(long, engine.agent.domain)["tracker"])
+    assert list(seen.events) == expected and len(seen.events) == len(expected)
+    assert seen.events[-3:] == expected[-3:] and list(reversed(seen.events))[0] == expected[-1]
+    for event in seen.events:
+        event["event"] = "edited by an action"  # an action's edits stay its own
+    seen.events[0]["event"] = "edited"
+    again = Tracker.from_dict(action._action_call_format(long, engine.agent.domain)["tracker"])
+    assert list(again.events) == expected
+    assert again.slots_to_validate() == {}
+    remote = RemoteAction("action_product_price", None)  # an action server gets the list
+    assert remote._action_call_format(long, engine.agent.domain)["tracker"]["events"] == expected

@@ -22,7 +22,7 @@ from rasa.shared.core.events import (
 )
 
 from nlu.mongo_tracker_store import MongoTrackerStore
-from nlu.tracker_store import SQLiteTrackerStore
+from nlu.tracker_store import EVENT_BYTES, MB, SQLiteTrackerStore
 from runtime.deliveries import MongoDeliveryLog, SQLiteDeliveryLog
 from runtime.errors import TransientError
 from runtime.messages import BotReply, Button, Delivery
@@ -55,13 +55,15 @@ async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[OpenStore]:
     url = backend
     opened: list[Any] = []
 
-    async def open_(cache_size: int = 0) -> Any:
+    async def open_(cache_size: int = 0, cache_bytes: int = 512 * MB) -> Any:
         store: Any
         if url:
-            store = MongoTrackerStore(url, database, DOMAIN, cache_size=cache_size)
+            store = MongoTrackerStore(
+                url, database, DOMAIN, cache_size=cache_size, cache_bytes=cache_bytes
+            )
         else:
             db = SQLite(tmp_path / "t.sqlite3")
-            store = SQLiteTrackerStore(db, DOMAIN, cache_size=cache_size)
+            store = SQLiteTrackerStore(db, DOMAIN, cache_size=cache_size, cache_bytes=cache_bytes)
         await store.setup()
         opened.append(store)
         return store
@@ -148,6 +150,37 @@ async def test_the_cache_serves_hot_conversations_and_notices_other_writers(
     await store.save(ours)
     full = await store.retrieve_full_tracker("u1")
     assert [e.as_dict()["event"] for e in full.events][-3:] == ["user", "slot", "bot"]
+
+
+async def test_the_cache_is_bounded_by_memory_as_well_as_by_count(
+    open_store: OpenStore,
+) -> None:
+    # room for about 100 events: a long conversation pushes out the quiet ones
+    store = await open_store(cache_size=10, cache_bytes=100 * EVENT_BYTES)
+    trackers = {}
+    for name, events in (("short1", 10), ("short2", 10), ("long", 70)):
+        tracker = await store.get_or_create_tracker(name)
+        for i in range(events):
+            tracker.update(UserUttered(f"m{i}"))
+        await store.save(tracker)
+        trackers[name] = tracker
+    assert await store.retrieve("short2") is trackers["short2"]
+    assert await store.retrieve("long") is trackers["long"]
+    assert await store.retrieve("short1") is trackers["short1"]  # all 90-odd fit
+    grown = trackers["long"]
+    for i in range(30):
+        grown.update(UserUttered(f"more{i}"))
+    await store.save(grown)  # over the budget: the least recently used leave
+    assert await store.retrieve("short2") is not trackers["short2"]
+    assert store._hot_events <= 100
+    # a conversation bigger than the whole budget is not kept at all, and still served
+    for i in range(100):
+        grown.update(UserUttered(f"huge{i}"))
+    await store.save(grown)
+    again = await store.retrieve("long")
+    assert again is not grown and again is not None
+    assert len(again.events) == len(grown.events)
+    assert store._hot_events <= 100
 
 
 async def test_a_writer_whose_view_is_stale_is_fenced_out(open_store: OpenStore) -> None:
