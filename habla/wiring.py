@@ -223,9 +223,7 @@ def build_engine(settings: Settings, model: Path, commerce: Commerce) -> Engine:
 def rasa_engine(settings: Settings, model: Path, commerce: Commerce) -> RasaEngine:
     """Rasa in this process (the server's, or an engine worker's)."""
     endpoint = action_endpoint(settings, {"commerce": commerce})
-    return RasaEngine(
-        model, endpoint, settings.engine.parse_cache, settings.engine.flat_history
-    )
+    return RasaEngine(model, endpoint, settings.engine.parse_cache, settings.engine.flat_history)
 
 
 def engine_workers(settings: Settings) -> int:
