@@ -10,7 +10,8 @@ webhook sent → reply received), cycling through the throughput benchmark's scr
 The median turn around turns 10, 100, 1,000 and 5,000 is printed with its ratio to
 turn 10, and the server's memory (RSS, engine workers included) as the conversation
 grows. Then ``--users`` more users hold a short conversation each, and the memory that
-adds is reported per conversation.
+adds is reported per conversation; and, from the store, what the longest and a short
+conversation hold once cached (tracemalloc: the tracker and nlu/history.py's caches).
 
 In the same run the same model is served by a bare ``rasa run`` (REST channel, its
 in-memory tracker store) with ``rasa run actions``, and one user sends the same script
@@ -169,6 +170,7 @@ async def bench_habla(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
     finally:
         await stop(proc)
         await fake.close()
+    args.held = held_in_memory(tmp / "habla" / "habla.sqlite3")
     name = f"habla ({args.workers} engine workers)" if args.workers else "habla (Rasa in-process)"
     if not args.flat:
         name += ", HABLA_FLAT_HISTORY=false"
@@ -238,6 +240,75 @@ def summary(name: str, conversation: Conversation, per_conversation_kb: float) -
     }
 
 
+def held_in_memory(db: Path) -> list[dict[str, Any]]:
+    """What a cached conversation holds in an engine process, measured with tracemalloc:
+    its tracker rebuilt from the store (the latest session, as the tracker store loads
+    it) and the caches nlu/history.py keeps beside it (the applied events and the
+    serialized events; the policies' state snapshots are a few dozen states)."""
+    import gc
+    import sqlite3
+    import tracemalloc
+
+    from rasa.shared.core.domain import Domain
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    from nlu import history
+
+    history.install()
+    domain = Domain.load(str(PROJECT / "domain.yml"))
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = []
+    senders = conn.execute(
+        "SELECT sender_id, COUNT(*) c FROM events GROUP BY sender_id ORDER BY c DESC"
+    ).fetchall()
+    for sender, _ in (senders[0], senders[len(senders) // 2]):
+        start = conn.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE sender_id = ? AND type_name = ?",
+            (sender, "session_started"),
+        ).fetchone()[0]
+        dicts = [
+            json.loads(d)
+            for (d,) in conn.execute(
+                "SELECT data FROM events WHERE sender_id = ? AND seq >= ? ORDER BY seq",
+                (sender, start),
+            )
+        ]
+        gc.collect()
+        tracemalloc.start()
+        tracker = DialogueStateTracker.from_dict(sender, dicts, domain.slots)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        tracker.applied_events()
+        history.serialized_events(tracker)
+        gc.collect()
+        caches = tracemalloc.get_traced_memory()[0] - held
+        tracemalloc.stop()
+        n = len(tracker.events)
+        rows.append(
+            {
+                "events": n,
+                "tracker_kb": held / 1024,
+                "caches_kb": caches / 1024,
+                "bytes_per_event": (held + caches) / n,
+            }
+        )
+        del tracker
+    return rows
+
+
+def memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| conversation (events) | tracker (KB) | history caches (KB) | bytes per event |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['events']:,} | {r['tracker_kb']:.0f} | {r['caches_kb']:.0f} | "
+            f"{r['bytes_per_event']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     cells = " | ".join(f"turn {t:,} (ms)" for t in CHECKPOINTS)
     ratios = " | ".join(f"{t:,} / 10" for t in CHECKPOINTS[1:])
@@ -279,9 +350,11 @@ async def main() -> None:
             rows.append(await bench_rasa(model, args, Path(tmp)))
     print(f"\none user, turns one after another, {os.cpu_count()} CPUs\n")
     print(table(rows))
+    print("\nheld in memory per cached conversation (tracemalloc)\n")
+    print(memory_table(args.held))
     out = PROJECT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "growth.json").write_text(json.dumps(rows, indent=2))
+    (out / "growth.json").write_text(json.dumps({"runs": rows, "held": args.held}, indent=2))
 
 
 if __name__ == "__main__":

@@ -88,17 +88,20 @@ class RasaEngine(Engine):
     async def load(self) -> None:
         if self.agent is not None:
             return
-        from rasa.core.agent import Agent
-        from rasa.core.lock_store import InMemoryLockStore
-
-        from nlu import history, speedups
-
-        speedups.install()
-        if self.flat_history:
-            history.install()
 
         def load() -> Any:
-            # TensorFlow and Keras warn at import (and reset filters): record, don't print
+            # off the event loop: importing TensorFlow and Rasa takes seconds too
+            from nlu.logs import load_rasa
+
+            load_rasa()  # (records what TensorFlow and Keras warn at import)
+            from rasa.core.agent import Agent
+            from rasa.core.lock_store import InMemoryLockStore
+
+            from nlu import history, speedups
+
+            speedups.install()
+            if self.flat_history:
+                history.install()
             with warnings.catch_warnings(record=True):
                 return Agent.load(
                     str(self.model_path),

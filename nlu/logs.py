@@ -20,12 +20,13 @@ def quiet_imports() -> None:
     warnings.filterwarnings("ignore", message="Deprecated API features detected")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, import_rasa: bool = True) -> None:
+    """One log format; Rasa's noise quieted. ``import_rasa``: import TensorFlow, Keras
+    and Rasa's agent now (12 s here), recording what they warn. The server leaves them
+    to its engine's background load, so it listens for webhooks in seconds."""
     quiet_imports()
-    # record (not print) what these imports warn, and drop the filters they install
-    with warnings.catch_warnings(record=True):
-        import rasa.api  # TensorFlow, Keras, Sanic, matplotlib...
-        import rasa.core.agent  # noqa: F401
+    if import_rasa:
+        load_rasa()
 
     logging.basicConfig(
         level=level,
@@ -39,3 +40,11 @@ def configure_logging(level: str) -> None:
     from rasa.utils.log_utils import configure_structlog
 
     configure_structlog(quiet)  # Rasa's structlog events otherwise print at DEBUG
+
+
+def load_rasa() -> None:
+    """Import Rasa's agent (TensorFlow, Keras, Sanic, matplotlib...), recording (not
+    printing) what the imports warn and dropping the warning filters they install."""
+    with warnings.catch_warnings(record=True):
+        import rasa.api
+        import rasa.core.agent  # noqa: F401

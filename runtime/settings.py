@@ -267,8 +267,9 @@ class StoreSettings:
         512,
         "HABLA_TRACKER_CACHE_MB",
         "Memory those conversations may hold per engine process, estimated from their "
-        "events (about 330 bytes each, measured by bench/growth.py: a 1,000-turn "
-        "conversation holds about 2 MB); the least recently active leave first.",
+        "events (about 600 bytes each with their caches, measured by bench/growth.py: a "
+        "1,000-turn conversation of the example bot holds about 3.6 MB); the least "
+        "recently active leave first.",
     )
     dedupe_ttl_s: int = setting(
         172800,
