@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         s = s.with_overrides(server={"port": args.port})
     # Rasa (TensorFlow) is imported by the engine's background load, not before the
     # server listens: webhooks are accepted about 3 s after start, not 15 s
-    configure_logging(s.server.log_level, import_rasa=not s.bot.model)
+    configure_logging(s.server.log_level, import_rasa=False)
     if not s.bot.model:  # train before the server starts, with progress on the console
         model = ensure_model(s.path(s.bot.dir), s.models_dir)
         s = s.with_overrides(bot={"model": str(model)})

@@ -44,6 +44,9 @@ def model_path(bot_dir: Path, models_dir: Path) -> Path:
 
 def train(bot_dir: Path, models_dir: Path) -> Path:
     """Train unconditionally; the model appears atomically under its hash name."""
+    from nlu.logs import load_rasa
+
+    load_rasa()  # (what TensorFlow and Keras warn at import: recorded, not printed)
     import rasa.api
 
     target = model_path(bot_dir, models_dir)
