@@ -33,6 +33,7 @@ from bench.throughput import (
     BOT,
     PROJECT,
     Inbox,
+    bare_rasa,
     free_port,
     stop,
 )
@@ -107,33 +108,10 @@ async def habla_once(env: dict[str, str], label: str) -> dict[str, Any]:
 
 
 async def rasa_once(model: Path, tmp: Path) -> dict[str, Any]:
-    aport, rport = free_port(), free_port()
-    (tmp / "endpoints.yml").write_text(
-        f"action_endpoint:\n  url: http://127.0.0.1:{aport}/webhook\n"
-    )
-    (tmp / "credentials.yml").write_text("rest:\n")
-    bindir = Path(sys.executable).parent
+    actions_cmd, rasa_cmd, url = bare_rasa(model, tmp)
     began = time.perf_counter()
-    actions = await spawn(
-        [str(bindir / "rasa"), "run", "actions", "--actions", "actions", "--port", str(aport)],
-        {},
-    )
-    rasa = await spawn(
-        [
-            str(bindir / "rasa"),
-            "run",
-            "--model",
-            str(model),
-            "--port",
-            str(rport),
-            "--endpoints",
-            str(tmp / "endpoints.yml"),
-            "--credentials",
-            str(tmp / "credentials.yml"),
-        ],
-        {},
-    )
-    url = f"http://127.0.0.1:{rport}/webhooks/rest/webhook"
+    actions = await spawn(actions_cmd, {})
+    rasa = await spawn(rasa_cmd, {})
     accepted = None
     try:
         async with aiohttp.ClientSession() as session:

@@ -173,6 +173,31 @@ def summarize(name: str, latencies: list[float], wall: float, errors: int) -> di
     }
 
 
+def bare_rasa(model: Path, tmp: Path) -> tuple[list[str], list[str], str]:
+    """The commands of a bare ``rasa run`` of ``model`` (REST channel) and of its
+    ``rasa run actions``, and the REST webhook's URL (config files written to ``tmp``)."""
+    aport, rport = free_port(), free_port()
+    (tmp / "endpoints.yml").write_text(
+        f"action_endpoint:\n  url: http://127.0.0.1:{aport}/webhook\n"
+    )
+    (tmp / "credentials.yml").write_text("rest:\n")
+    rasa = str(Path(sys.executable).parent / "rasa")
+    actions = [rasa, "run", "actions", "--actions", "actions", "--port", str(aport)]
+    server = [
+        rasa,
+        "run",
+        "--model",
+        str(model),
+        "--port",
+        str(rport),
+        "--endpoints",
+        str(tmp / "endpoints.yml"),
+        "--credentials",
+        str(tmp / "credentials.yml"),
+    ]
+    return actions, server, f"http://127.0.0.1:{rport}/webhooks/rest/webhook"
+
+
 async def bench_habla(model: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     fake = FakeTwilioAPI(ACCOUNT_SID, AUTH_TOKEN)
     inbox = Inbox()
@@ -233,37 +258,12 @@ async def bench_habla(model: Path, args: argparse.Namespace, tmp: Path) -> dict[
 
 
 async def bench_rasa(model: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    aport, rport = free_port(), free_port()
-    (tmp / "endpoints.yml").write_text(
-        f"action_endpoint:\n  url: http://127.0.0.1:{aport}/webhook\n"
-    )
-    (tmp / "credentials.yml").write_text("rest:\n")
-    bindir = Path(sys.executable).parent
-    actions = await start(
-        [str(bindir / "rasa"), "run", "actions", "--actions", "actions", "--port", str(aport)],
-        {},
-        "Action endpoint is up and running",
-    )
-    rasa = await start(
-        [
-            str(bindir / "rasa"),
-            "run",
-            "--model",
-            str(model),
-            "--port",
-            str(rport),
-            "--endpoints",
-            str(tmp / "endpoints.yml"),
-            "--credentials",
-            str(tmp / "credentials.yml"),
-        ],
-        {"TF_CPP_MIN_LOG_LEVEL": "2"},
-        "Rasa server is up and running",
-    )
-    url = f"http://127.0.0.1:{rport}/webhooks/rest/webhook"
+    actions_cmd, rasa_cmd, url = bare_rasa(model, tmp)
+    actions = await start(actions_cmd, {}, "Action endpoint is up and running")
+    rasa = await start(rasa_cmd, {"TF_CPP_MIN_LOG_LEVEL": "2"}, "Rasa server is up and running")
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_http(session, f"http://127.0.0.1:{rport}/")
+            await wait_http(session, url.removesuffix("webhooks/rest/webhook"))
 
             async def send(i: int, text: str) -> bool:
                 body = {"sender": f"+1555{i:07d}", "message": text}
