@@ -42,11 +42,22 @@ class LockTimeout(TransientError):
     """The conversation's lock was not acquired in time (another turn holds it)."""
 
 
+class Held:
+    """A held conversation lock, as the turn sees it: :meth:`still_held` before it
+    sends anything (an in-process lock cannot be lost)."""
+
+    async def still_held(self) -> bool:
+        return True
+
+
+HELD = Held()
+
+
 class ConversationLocks(ABC):
     """One turn at a time per conversation."""
 
     @abstractmethod
-    def lock(self, conversation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def lock(self, conversation_id: str) -> contextlib.AbstractAsyncContextManager[Held]:
         """Hold the conversation's lock for the duration of a turn."""
 
     async def close(self) -> None:
@@ -59,12 +70,12 @@ class InProcessLocks(ConversationLocks):
         self._users: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
-    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+    async def lock(self, conversation_id: str) -> AsyncIterator[Held]:
         lock = self._locks.setdefault(conversation_id, asyncio.Lock())
         self._users[conversation_id] = self._users.get(conversation_id, 0) + 1
         try:
             async with lock:
-                yield
+                yield HELD
         finally:
             self._users[conversation_id] -= 1
             if not self._users[conversation_id]:
@@ -74,7 +85,12 @@ class InProcessLocks(ConversationLocks):
 class RedisLocks(ConversationLocks):
     """``redis.asyncio`` locks: token-checked release, a short expiry against crashed
     holders, renewed every third of it while the turn runs (so a long turn keeps its
-    lock and a dead server's lock frees within ``ttl_s``)."""
+    lock and a dead server's lock frees within ``ttl_s``).
+
+    A server whose event loop stalls longer than two thirds of ``ttl_s`` (a starved
+    machine) loses its lock; another server may then run the same message. The turn asks
+    :meth:`RedisHeld.still_held` (one ``GET``, the lock's token compared) before it sends
+    anything, and leaves the message to the leases if the lock is gone."""
 
     def __init__(
         self, redis: Any, prefix: str = "habla", ttl_s: float = 30.0, wait_s: float = 120.0
@@ -82,7 +98,7 @@ class RedisLocks(ConversationLocks):
         self.redis, self.prefix, self.ttl_s, self.wait_s = redis, prefix, ttl_s, wait_s
 
     @contextlib.asynccontextmanager
-    async def lock(self, conversation_id: str) -> AsyncIterator[None]:
+    async def lock(self, conversation_id: str) -> AsyncIterator[Held]:
         lock = self.redis.lock(
             f"{self.prefix}:lock:{conversation_id}",
             timeout=self.ttl_s,
@@ -94,7 +110,7 @@ class RedisLocks(ConversationLocks):
         done = asyncio.Event()
         renewal = asyncio.ensure_future(self._renew(lock, done))
         try:
-            yield
+            yield RedisHeld(lock)
         finally:
             # stopped, not cancelled: a command cancelled half-way can leave its Redis
             # connection out of step, and the next command on it waiting for ever
@@ -117,6 +133,15 @@ class RedisLocks(ConversationLocks):
                 await lock.reacquire()
             except Exception as e:  # not owned any more, or Redis unreachable: try again
                 logger.warning("conversation lock not renewed: %s", e)
+
+
+class RedisHeld(Held):
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    async def still_held(self) -> bool:
+        """Whether the lock is still this turn's (its key holds this turn's token)."""
+        return bool(await self.lock.owned())
 
 
 LEASE_S = 15.0

@@ -450,7 +450,7 @@ class Turn:
         attempt = 1
         while True:
             try:
-                async with self.locks.lock(msg.conversation_id):
+                async with self.locks.lock(msg.conversation_id) as held:
                     if not await self.inbox.is_pending(msg):
                         # its lease ran out while this server waited, and another server
                         # claimed and answered it: answering again would be a duplicate
@@ -482,6 +482,15 @@ class Turn:
                         )
                     self._in_line.pop(msg.key, None)
                     ctx = await self._stages(self.answer_stages, ctx, state)
+                    if not await held.still_held():
+                        # the lock expired while this server stalled: another server may
+                        # be running the message; it stays pending for whoever has it
+                        state.postponed = "the conversation's lock expired during the turn"
+                        logger.warning(
+                            "turn for %s lost its lock before sending: left to the leases",
+                            mask_phone(msg.conversation_id),
+                        )
+                        return ctx
                     return await self._stages(self.deliver_stages, ctx, state)
             except WaitInLine:
                 raise

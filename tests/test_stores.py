@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -291,3 +292,40 @@ async def test_a_restarted_redis_costs_no_request(tmp_path: Path) -> None:
         await stores.close()
         proc.terminate()
         proc.wait(10)
+
+
+async def test_a_turn_that_lost_its_lock_sends_nothing(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, redis_url: str, tmp_path: Path
+) -> None:
+    """Server A's loop stalls past its conversation lock's expiry, and server B runs the
+    same message meanwhile (its lease ran out too) and answers it: A, back, finds the
+    lock gone before sending and sends nothing (before: both answered)."""
+    env = base_env(tmp_path / "shared", twilio_api.url) | {
+        "HABLA_COORDINATION": "redis",
+        "HABLA_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/5",
+    }
+    client_a, runtime_a = await make_server(env=env, data_dir=tmp_path / "a")
+    _, runtime_b = await make_server(env=env, data_dir=tmp_path / "b")
+    redis = aioredis.from_url(env["HABLA_REDIS_URL"])
+    dialogue = next(s for s in runtime_a.turn.answer_stages if isinstance(s, Dialogue))
+    engine = dialogue.engine
+
+    class Stalled:
+        async def handle(self, msg: InboundMessage) -> list[BotReply]:
+            replies = await engine.handle(msg)
+            # the stall: A's lock expires, B claims the message and answers it
+            assert await redis.delete(f"habla:lock:{msg.conversation_id}") == 1
+            output = runtime_b.channels[msg.channel].output
+            assert output is not None
+            await runtime_b.turn.run(replace(msg, resumed=True), output)
+            return cast(list[BotReply], replies)
+
+    dialogue.engine = cast(Any, Stalled())
+    resp = await post_twilio(client_a, whatsapp_form("when are you open?", "+447700900125"))
+    assert resp.status == 200
+    assert await runtime_a.dispatcher.wait_idle(60)
+    assert [m.to for m in twilio_api.sent] == ["whatsapp:+447700900125"]  # B's, once
+    assert "Monday" in twilio_api.sent[0].body
+    assert await runtime_a.inbox.claim(all_pending=True) == []  # B settled it
+    await redis.flushdb()
+    await redis.close()
