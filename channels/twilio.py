@@ -18,7 +18,11 @@ Both paths answer, in this order (never 500, nothing processed unless signed):
   missing, ``NumMedia`` not a count, coordinates not on Earth. ``NumMedia`` over 10
   (Twilio's maximum) reads the first 10 media.
 
-Replies go out through the official SDK's ``AsyncTwilioHttpClient``.
+Replies go out through the official SDK's ``AsyncTwilioHttpClient``. Twilio's Messages
+API takes no idempotency key: when a send times out or its connection drops after the
+request went out, the message may exist, so before trying again habla reads the
+conversation's newest messages (``GET .../Messages.json?To=&From=``) and takes a
+message with the same body and media, created since the first such try, as sent.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import asyncio
 import functools
 import logging
 import math
+import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -58,6 +63,23 @@ from runtime.wire import WireError, WireTooLarge, parse_form
 logger = logging.getLogger(__name__)
 
 BODY_LIMIT = 1600  # characters per Twilio message body
+RECENT_MESSAGES = 20
+"""Messages read (newest first) to find one whose send timed out."""
+CLOCK_SLACK_S = 2.0
+"""Twilio's timestamps are whole seconds, and its clock is not ours."""
+
+
+class OutcomeUnknown(TransientError):
+    """The request may have reached Twilio (it timed out, or the connection dropped
+    after it was sent): the message may exist. Twilio's Messages API takes no
+    idempotency key, so before sending again habla looks for it."""
+
+
+@dataclass
+class _Attempt:
+    unsure_since: float = 0.0  # when the first try whose outcome is unknown began
+
+
 MAX_MEDIA = 10  # media per incoming message, Twilio's maximum
 FORM_TYPES = ("", "application/x-www-form-urlencoded")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -211,9 +233,56 @@ class TwilioOutput(OutputChannel):
             )
         except TwilioRestException as e:
             raise error_for_status(e.status, f"twilio {e.status} error {e.code}: {e.msg}") from e
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except aiohttp.ClientConnectorError as e:  # never reached Twilio
             raise TransientError(f"{type(e).__name__}: {e}") from e
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OutcomeUnknown(f"{type(e).__name__}: {e}") from e
         return str(message.sid)
+
+    async def _create_once(self, attempt: _Attempt, **params: Any) -> str:
+        """One try at sending a message: after a try whose outcome is unknown, Twilio's
+        message list is read first, and a message found there is not sent again."""
+        if attempt.unsure_since:
+            sid = await self._find_sent(params, attempt.unsure_since)
+            if sid:
+                logger.info("twilio: %s had gone out before its answer was lost", sid)
+                return sid
+        started = time.time()
+        try:
+            return await self._create(**params)
+        except OutcomeUnknown:
+            attempt.unsure_since = attempt.unsure_since or started
+            raise
+
+    async def _find_sent(self, params: Mapping[str, Any], since: float) -> str:
+        """The sid of an outbound message with these parameters created at or after
+        ``since`` (unix time, this clock; Twilio's has 1 s resolution), or ''. Raises
+        :class:`TransientError` if Twilio cannot be asked (then nothing is resent)."""
+        assert self.client is not None, "TwilioOutput.start() was not awaited"
+        body = "" if params["body"] is values.unset else str(params["body"])
+        media = 0 if params["media_url"] is values.unset else len(params["media_url"])
+        try:
+            found = await asyncio.wait_for(
+                self.client.messages.list_async(
+                    to=params["to"], from_=params["from_"], limit=RECENT_MESSAGES
+                ),
+                self.settings.send.timeout_s,
+            )
+        except TwilioRestException as e:
+            raise error_for_status(e.status, f"twilio {e.status} error {e.code}: {e.msg}") from e
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OutcomeUnknown(f"checking for a sent message: {type(e).__name__}: {e}") from e
+        for message in found:
+            created = message.date_created
+            if (
+                created is not None
+                and created.timestamp() >= since - CLOCK_SLACK_S
+                and (message.body or "") == body
+                and int(message.num_media or 0) == media
+                and str(message.direction or "").startswith("outbound")
+            ):
+                return str(message.sid)
+        return ""
 
     async def send(self, msg: InboundMessage, reply: BotReply) -> list[Delivery]:
         parts = split_text(self.numbered_text(reply)) or [""]
@@ -231,7 +300,7 @@ class TwilioOutput(OutputChannel):
                 continue
             try:
                 sid, attempts = await with_retries(
-                    functools.partial(self._create, **params),
+                    functools.partial(self._create_once, _Attempt(), **params),
                     attempts=self.settings.send.max_attempts,
                     backoff_s=self.settings.send.backoff_s,
                 )

@@ -184,6 +184,33 @@ async def test_a_send_that_times_out_is_retried(
     assert [(h["status"], h["attempts"]) for h in history] == [("sent", 2)]
 
 
+async def test_a_send_whose_answer_is_lost_is_not_sent_twice(
+    make_server: ServerFactory, twilio_api: FakeTwilioAPI, tmp_path: Path
+) -> None:
+    """Twilio takes the message but its answer never arrives (the send times out):
+    before trying again, habla finds the message in Twilio's list and sends nothing
+    more (Twilio takes no idempotency key; before, the user got the reply twice)."""
+    client, runtime = await make_server(
+        env={
+            "HABLA_TWILIO_API_BASE": twilio_api.url,
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "HABLA_SEND_TIMEOUT_S": "0.3",
+        },
+        data_dir=tmp_path / "lost-answers",
+    )
+    twilio_api.answer_delays = [2.0]  # recorded at once, answered after the timeout
+    chat = Chat(client, runtime, twilio_api)
+    sent = await chat.say("when are you open?")
+    assert len(sent) == 1 and "Monday" in sent[0].body
+    assert (twilio_api.attempts, twilio_api.listed) == (1, 1)
+    history = await runtime.deliveries.history(USER)
+    assert [(h["status"], h["provider_id"]) for h in history] == [("sent", sent[0].sid)]
+    # a later reply whose first try goes through is not looked up at all
+    assert "Monday" in (await chat.say("when are you open?"))[0].body
+    assert (twilio_api.attempts, twilio_api.listed) == (2, 1)
+
+
 async def test_media_without_text_gets_the_fallback(chat: Chat) -> None:
     sent = await chat.say(
         "",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import itertools
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +42,11 @@ class FakeTwilioAPI:
         self.failures: list[tuple[int, int, str]] = []  # (http status, twilio code, message)
         self.attempts = 0
         self.delays: list[float] = []  # seconds to stall the next requests, one each
+        # seconds to hold the answers of the next messages, each recorded at once (a
+        # client that gives up meanwhile does not know the message exists)
+        self.answer_delays: list[float] = []
+        self.listed = 0  # GET Messages.json requests
+        self._resources: list[dict[str, Any]] = []
         self.down = Outage()
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -69,6 +76,7 @@ class FakeTwilioAPI:
     async def start(self, port: int = 0) -> str:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self.create)
+        app.router.add_get("/2010-04-01/Accounts/{sid}/Messages.json", self.list_messages)
         app.router.add_get(
             "/2010-04-01/Accounts/{sid}/Messages/{message}/Media/{media}", self.get_media
         )
@@ -154,10 +162,46 @@ class FakeTwilioAPI:
             "num_segments": "1",
             "direction": "outbound-api",
             "api_version": "2010-04-01",
-            "date_created": "Sat, 28 Nov 2026 20:00:00 +0000",
+            "date_created": email.utils.format_datetime(datetime.now(timezone.utc)),
+            "date_sent": None,
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
+        self._resources.append(resource)
+        if self.answer_delays:
+            await asyncio.sleep(self.answer_delays.pop(0))
         return web.Response(status=201, text=json.dumps(resource), content_type="application/json")
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        """Messages, newest first, filtered by ``To`` and ``From``, one page as Twilio
+        pages them."""
+        self.listed += 1
+        if not self._authorized(request):
+            self.rejected_auth += 1
+            return self._error(401, 20003, "Authenticate")
+        if request.match_info["sid"] != self.account_sid:
+            return self._error(404, 20404, "The requested resource was not found")
+        if self.down.refuses():
+            return self._error(self.down.status, 20500, "Service unavailable")
+        to, from_ = request.query.get("To"), request.query.get("From")
+        size = min(int(request.query.get("PageSize", "50")), 1000)
+        found = [
+            r
+            for r in reversed(self._resources)
+            if (to is None or r["to"] == to) and (from_ is None or r["from"] == from_)
+        ][:size]
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        page = {
+            "messages": found,
+            "page": 0,
+            "page_size": size,
+            "first_page_uri": f"{uri}?PageSize={size}&Page=0",
+            "next_page_uri": None,
+            "previous_page_uri": None,
+            "uri": f"{uri}?PageSize={size}&Page=0",
+            "start": 0,
+            "end": max(len(found) - 1, 0),
+        }
+        return web.json_response(page)
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[SentMessage]:
         """Wait until at least ``count`` messages were received in total."""
