@@ -4,7 +4,9 @@ A YAML file in the bot folder (``catalog.yml``, or ``HABLA_CATALOG``), read off 
 event loop and cached until the file changes, so authors edit prices without a
 restart. A product with ``recurring: month`` (or ``year``) is sold as a subscription;
 ``stripe_price: price_...`` charges an existing Stripe Price instead of the listed
-price.
+price, ``paypal_plan: P-...`` names the PayPal billing plan a recurring product is
+sold with on PayPal, and ``payments: paypal`` sells the product through that provider
+(one of ``HABLA_PAYMENTS``) instead of the first one configured.
 
 Money is converted and written in one place: :func:`to_minor` (a price as the integer
 payment APIs want), :func:`from_minor` (back to the major unit, e.g. for a CRM) and
@@ -117,6 +119,8 @@ class Product:
     names: tuple[tuple[str, str], ...] = ()  # (language, name) for the product's name
     recurring: str = ""  # "month" or "year": sold as a subscription
     stripe_price: str = ""  # a Stripe Price id (price_...) to charge instead of price_data
+    paypal_plan: str = ""  # a PayPal billing plan id (P-...) for a recurring product
+    payments: str = ""  # the payment provider to sell it with ("": the first configured)
 
 
 def display_name(product: Product, language: str) -> str:
@@ -186,6 +190,8 @@ def _parse_catalog(raw: object) -> Catalog:
             names=tuple((str(k), str(v)) for k, v in (item.get("names") or {}).items()),
             recurring=str(item.get("recurring") or ""),
             stripe_price=str(item.get("stripe_price") or ""),
+            paypal_plan=str(item.get("paypal_plan") or ""),
+            payments=str(item.get("payments") or ""),
         )
         for item in raw.get("products") or ()
     )

@@ -1,7 +1,7 @@
 """Commerce in the middle of a conversation: orders, payment links, CRM records.
 
-:class:`Commerce` is what the built-in actions (``actions/commerce.py``) and the Stripe
-webhook use. Every provider write goes through the outbox, so an outage delays it
+:class:`Commerce` is what the built-in actions (``actions/commerce.py``) and the payment
+webhooks use. Every provider write goes through the outbox, so an outage delays it
 but never loses it, and every write is idempotent:
 
 - an order's id comes from the conversation and the message that confirmed it, so a
@@ -9,6 +9,15 @@ but never loses it, and every write is idempotent:
 - the Checkout Session is created with the order id as Stripe's idempotency key, so a
   retry after a timeout gets the same session (and the buyer one payment link);
 - CRM records are upserted by phone/e-mail and by the order id.
+
+Several payment providers may be configured (``HABLA_PAYMENTS=stripe,paypal``): an
+order is paid with the one its catalog product names (``payments: paypal``), else the
+first; the order records it (``metadata["payments"]``), so its refund and its
+webhooks go to the provider it was created with. The bot does not ask the buyer to
+choose. A provider that only takes the money when habla asks (PayPal) sends an
+"approved" event: the capture is a job in the outbox (stored before the webhook
+answers, run at once by the server's retry loop, retried while the provider is down,
+with the same idempotency key), and the provider's "completed" event makes it paid.
 
 Built by the composition root (``habla/wiring.py`` ``build_commerce``) in the server
 and in each engine worker, and handed to the actions that declare a ``commerce``
@@ -20,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,22 +97,28 @@ class Commerce:
         db: SQLite,
         *,
         crm: CRM | None = None,
-        payments: Payments | None = None,
+        payments: Payments | Sequence[Payments] | None = None,
         orders: OrderStore | None = None,
         jobs: JobStore | None = None,
     ) -> None:
-        """``jobs``: where the outbox keeps its writes (default: the SQLite file)."""
+        """``payments``: one provider, or several (the first is the default);
+        ``jobs``: where the outbox keeps its writes (default: the SQLite file)."""
         c = settings.commerce
         self.settings = settings
         self.db = db
         self.crm = crm
-        self.payments = payments
+        several = [payments] if isinstance(payments, Payments) else list(payments or ())
+        self.providers: dict[str, Payments] = {p.name: p for p in several}
+        """The configured payment providers by name (``Payments.name``)."""
+        self.payments = several[0] if several else None
+        """The default payment provider."""
         self._orders = orders
         self.outbox = Outbox(
             jobs or db, max_attempts=c.outbox_max_attempts, backoff_s=c.outbox_backoff_s
         )
         self.outbox.register("payments.checkout", self._checkout)
         self.outbox.register("payments.refund", self._refund)
+        self.outbox.register("payments.capture", self._capture)
         self.outbox.register("crm.contact", self._crm_contact)
         self.outbox.register("crm.order", self._crm_order)
         self.outbox.register("crm.deal_stage", self._crm_deal_stage)
@@ -126,17 +141,50 @@ class Commerce:
         if self._orders is None:
             raise RuntimeError("Commerce needs an order store (habla/wiring.py build_commerce)")
         await self.outbox.setup()
-        for part in (self.crm, self.payments):
+        for part in (self.crm, *self.providers.values()):
             if part is not None:
                 await part.start()
 
     async def close(self) -> None:
         await self.outbox.close()
-        for part in (self.crm, self.payments):
+        for part in (self.crm, *self.providers.values()):
             if part is not None:
                 await part.close()
         if self._orders is not None:
             await self._orders.close()
+
+    def payments_for(self, name: str) -> Payments | None:
+        """The configured payment provider called ``name`` (None when it is not)."""
+        return self.providers.get(name)
+
+    def provider_name(self, order: Order) -> str:
+        """The payment provider the order was created with (older orders, which did not
+        record it: the default)."""
+        recorded = str(order.metadata.get("payments") or "")
+        return recorded or (self.payments.name if self.payments is not None else "")
+
+    def _provider(self, order: Order) -> Payments:
+        name = self.provider_name(order)
+        payments = self.providers.get(name)
+        if payments is None:
+            raise PermanentError(
+                f"order {order.order_id}: payment provider {name!r} is not configured "
+                "(HABLA_PAYMENTS)"
+            )
+        return payments
+
+    def _choose_provider(self, product: Product) -> str:
+        """The catalog's provider for the product when it is configured, else the first."""
+        if product.payments and product.payments in self.providers:
+            return product.payments
+        if product.payments:
+            logger.warning(
+                "product %s: payment provider %r is not configured (HABLA_PAYMENTS); "
+                "selling it with the default",
+                product.sku,
+                product.payments,
+            )
+        return self.payments.name if self.payments is not None else ""
 
     async def catalog(self) -> Catalog | None:
         return await load_catalog(self.settings.path(self.settings.commerce.catalog))
@@ -181,6 +229,7 @@ class Commerce:
                 "reply_from": customer.reply_from,
                 "email": customer.email,
                 "name": customer.name,
+                "payments": self._choose_provider(product),
             },
         )
         order, created = await self.orders.create(order)
@@ -197,7 +246,7 @@ class Commerce:
             return order, "unavailable"
         job = await self.outbox.submit(
             "payments.checkout",
-            {"order_id": order.order_id},
+            {"order_id": order.order_id, "provider": self.provider_name(order)},
             f"checkout:{order.order_id}",
             customer.conversation_id,
         )
@@ -230,10 +279,10 @@ class Commerce:
         return {"channel": order.channel}
 
     async def _checkout(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.payments is not None
         order = await self.orders.get(payload["order_id"])
         if order is None:
             raise PermanentError(f"order {payload['order_id']} does not exist")
+        payments = self._provider(order)
         if order.checkout_url:
             return {"url": order.checkout_url}
         items = [
@@ -250,7 +299,7 @@ class Commerce:
         c = self.settings.commerce
         base = self.settings.public_base
         success = c.success_url or (f"{base}/shop/thanks" if base else "https://example.com/")
-        link = await self.payments.create_checkout(
+        link = await payments.create_checkout(
             order_id=order.order_id,
             conversation_id=order.conversation_id,
             items=items,
@@ -266,7 +315,7 @@ class Commerce:
             payment_ref=link.provider_id,
             url=link.url,
         )
-        return {"url": link.url, "session": link.provider_id}
+        return {"url": link.url, "session": link.provider_id, "provider": payments.name}
 
     async def handle_payment_event(self, event: PaymentEvent) -> tuple[Order, str] | None:
         """Apply a verified provider event once: the order and the intent to tell the user.
@@ -280,6 +329,9 @@ class Commerce:
             order = await self.orders.find_by_payment_ref(event.provider_ref)
         if order is None:
             logger.warning("payment event %s: no order %r", event.event_id, event.order_id)
+            return None
+        if event.type == "approved":
+            await self._approved(order, event)
             return None
         if (
             event.type == "expired"
@@ -303,6 +355,11 @@ class Commerce:
         if updated is None:
             logger.info("payment event %s already processed", event.event_id)
             return None
+        if order.status == updated.status == "paid":
+            # another event for the same payment (PayPal: the subscription's activation,
+            # then its first sale; a renewal): recorded, nothing new to tell
+            logger.info("order %s: %s for an order already paid", order.order_id, event.raw_type)
+            return None
         stage = {"paid": "won", "refunded": "lost"}.get(event.type)
         if self.crm is not None and stage:
             await self.outbox.enqueue(
@@ -313,31 +370,78 @@ class Commerce:
             )
         return updated, EVENT_INTENTS[event.type]
 
+    async def _approved(self, order: Order, event: PaymentEvent) -> None:
+        """The buyer approved: store the capture for the outbox loop, which runs it at
+        once; a transient failure is retried with the same idempotency key. Keyed by
+        the approval event, so a redelivery captures nothing twice, while a buyer who
+        approves again (another card, after a decline) gets a new capture; a second
+        capture of a captured checkout is refused by the provider and counts as done."""
+        if order.status in ("paid", "refunded"):
+            logger.info(
+                "order %s: %s after it was %s", order.order_id, event.raw_type, order.status
+            )
+            return
+        await self.outbox.enqueue(
+            "payments.capture",
+            {
+                "order_id": order.order_id,
+                "provider": self.provider_name(order),
+                "ref": event.provider_ref,
+                "key": f"capture-{event.event_id}",
+            },
+            f"capture:{event.event_id}",
+            order.conversation_id,
+        )
+
+    async def _capture(self, payload: dict[str, Any]) -> dict[str, Any]:
+        order = await self.orders.get(payload["order_id"])
+        if order is None:
+            raise PermanentError(f"order {payload['order_id']} does not exist")
+        if order.status in ("paid", "refunded"):
+            return {"skipped": order.status}
+        payments = self._provider(order)
+        try:
+            capture = await payments.capture(payload["ref"], idempotency_key=payload["key"])
+        except PermanentError as e:  # refused (declined instrument, not approved...)
+            try:
+                await self.orders.update_status(order.order_id, "failed", f"capture refused: {e}")
+            except TransitionRefused:
+                pass
+            else:
+                await self.outbox.enqueue(
+                    "conversation.notify",
+                    {"order_id": order.order_id, "intent": "payment_failed"},
+                    f"capture-failed:{payload['key']}",
+                    order.conversation_id,
+                )
+            raise
+        return {"capture": capture, "provider": payments.name}
+
     async def request_refund(self, order: Order, reason: str) -> str:
         """Ask the provider for a full refund: ``requested``, ``pending`` or ``failed``."""
-        if self.payments is None:
+        if self.payments_for(self.provider_name(order)) is None:
             return "failed"
         job = await self.outbox.submit(
             "payments.refund",
-            {"order_id": order.order_id, "reason": reason},
+            {"order_id": order.order_id, "reason": reason, "provider": self.provider_name(order)},
             f"refund:{order.order_id}",
             order.conversation_id,
         )
         return "requested" if job.status == "done" else job.status
 
     async def _refund(self, payload: dict[str, Any]) -> dict[str, Any]:
-        assert self.payments is not None
         order = await self.orders.get(payload["order_id"])
         if order is None or not order.payment_ref:
             raise PermanentError(f"order {payload['order_id']} has no payment to refund")
+        payments = self._provider(order)
         # the adapter maps free text to the provider's reasons and keeps the words
-        refund = await self.payments.refund(
+        refund = await payments.refund(
             order.payment_ref,
             None,
             reason=payload.get("reason") or "requested_by_customer",
             idempotency_key=f"refund-{order.order_id}",
         )
-        return {"refund": refund.provider_id, "status": refund.status}
+        return {"refund": refund.provider_id, "status": refund.status, "provider": payments.name}
 
     # ---- CRM ---------------------------------------------------------------------
 

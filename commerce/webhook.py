@@ -1,8 +1,12 @@
-"""``POST /webhooks/stripe/webhook``: payment events back into the conversation.
+"""``POST /webhooks/<provider>/webhook``: payment events back into the conversation.
 
-The ``Stripe-Signature`` is verified over the raw body with a tolerance window; a
-missing or wrong one gets 400 and changes nothing (fail closed; without a signing
-secret every request gets 403). An event id is processed once. A verified event
+One :class:`PaymentWebhook` per payment provider (``/webhooks/stripe/webhook``,
+``/webhooks/paypal/webhook``), the same code for each: the provider's adapter
+verifies the signature over the raw body (``Stripe-Signature`` with a tolerance
+window; PayPal's certificate-signed transmission, as recent) and decodes the event; a
+missing or wrong signature gets 400 and changes nothing (fail closed; without the
+provider configured, or without its signing secret or webhook id, every request gets
+403). An event id is processed once. A verified event
 updates the order's status history, moves the CRM deal, and is pushed into the
 buyer's conversation as an intent (``/payment_succeeded{"order_id": ...}``), so the
 bot tells them, in their language and on the channel they used.
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from commerce.orders import Order
-from commerce.payments.base import PaymentEvent, WebhookSignatureError
+from commerce.payments.base import PaymentEvent, Payments, WebhookSignatureError
 from commerce.service import Commerce
 from runtime.messages import mask_phone
 from runtime.wire import PARSE_ERRORS, WireError, loads_bounded
@@ -58,13 +62,13 @@ def event_problem(event: PaymentEvent) -> str:
     return ""
 
 
-def bad_payload(problem: str) -> web.HTTPBadRequest:
+def bad_payload(problem: str, provider: str = "stripe") -> web.HTTPBadRequest:
     problem = problem[:300]
-    logger.warning("stripe: refused a signed but malformed webhook: %s", problem)
+    logger.warning("%s: refused a signed but malformed webhook: %s", provider, problem)
     return web.HTTPBadRequest(text=f"bad payload: {problem}")
 
 
-def envelope_problem(body: bytes) -> str:
+def envelope_problem(body: bytes, type_field: str = "type") -> str:
     """The verified body held to the bounds every webhook is held to; "" when fine."""
     try:
         raw = loads_bounded(body)
@@ -72,38 +76,43 @@ def envelope_problem(body: bytes) -> str:
         return str(e)
     if not isinstance(raw, dict):
         return "the event is not a JSON object"
-    if not isinstance(raw.get("id"), str) or not isinstance(raw.get("type"), str):
-        return "the event's id or type is not a string"
+    if not isinstance(raw.get("id"), str) or not isinstance(raw.get(type_field), str):
+        return f"the event's id or {type_field} is not a string"
     return ""
 
 
 class PaymentWebhook:
-    path = "/webhooks/stripe/webhook"
+    """The webhook of one payment provider (``provider``: its registry name)."""
 
-    def __init__(self, service: Commerce | None, notify: Notify) -> None:
-        self.service, self.notify = service, notify
+    def __init__(self, service: Commerce | None, notify: Notify, provider: str = "stripe") -> None:
+        self.service, self.notify, self.provider = service, notify, provider
+        self.path = f"/webhooks/{provider}/webhook"
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(self.path, self.receive)]
 
     async def receive(self, request: web.Request) -> web.Response:
-        service = self.service
-        if service is None or service.payments is None:
-            raise web.HTTPForbidden(text="payments are not configured")
-        if not service.settings.commerce.stripe_webhook_secret:
-            raise web.HTTPForbidden(text="STRIPE_WEBHOOK_SECRET is not set")
+        service, provider = self.service, self.provider
+        payments: Payments | None = service.payments_for(provider) if service else None
+        if service is None or payments is None:
+            raise web.HTTPForbidden(text=f"{provider} payments are not configured")
+        missing = payments.webhook_missing()
+        if missing:
+            raise web.HTTPForbidden(text=f"{', '.join(missing)} is not set")
         body = await request.read()
         try:
-            event = await service.payments.parse_webhook(body, request.headers)
+            event = await payments.parse_webhook(body, request.headers)
         except WebhookSignatureError as e:
-            logger.warning("stripe: rejected a webhook: %s", e)
+            logger.warning("%s: rejected a webhook: %s", provider, e)
             raise web.HTTPBadRequest(text="invalid signature") from e
         except PARSE_ERRORS as e:  # verified, but the adapter could not decode it
-            raise bad_payload(f"{type(e).__name__}: {e}") from e
+            raise bad_payload(f"{type(e).__name__}: {e}", provider) from e
         # verified: now hold it to the bounds, and the event to the types, habla needs
-        problem = envelope_problem(body) or (event_problem(event) if event else "")
+        problem = envelope_problem(body, payments.event_type_field) or (
+            event_problem(event) if event else ""
+        )
         if problem:
-            raise bad_payload(problem)
+            raise bad_payload(problem, provider)
         if event is None:  # a type habla does not act on
             return web.json_response({"received": True, "handled": False})
         outcome = await service.handle_payment_event(event)
@@ -111,7 +120,8 @@ class PaymentWebhook:
             order, intent = outcome
             queued = await self.notify(order, intent, event.event_id)
             logger.info(
-                "stripe: %s for order %s (%s); user %s %s",
+                "%s: %s for order %s (%s); user %s %s",
+                provider,
                 event.raw_type,
                 order.order_id,
                 order.status,

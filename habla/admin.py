@@ -5,7 +5,8 @@ $HABLA_ADMIN_TOKEN`` returns the user's and bot's messages (from the conversatio
 store; voice notes with their transcript, language, confidence and duration) and
 every outbound message with its delivery status trail (sent, delivered, read, failed
 with the provider's code and reason). ``GET /api/outbox[?status=failed]`` lists CRM
-and payment writes; ``GET /api/orders/{order_id}`` an order with its status history;
+and payment writes; ``GET /api/orders/{order_id}`` an order with its status history
+and ``payment_provider``, the provider that handles its payment (stripe, paypal);
 ``GET /api/calls`` recent phone calls and the voice minutes.
 Without a configured token it answers 403 to everything.
 """
@@ -117,7 +118,7 @@ class AdminAPI:
         return web.json_response({"jobs": [j.to_json() for j in jobs]})
 
     async def order(self, request: web.Request) -> web.Response:
-        """One order with its status history."""
+        """One order with its status history and its payment provider."""
         if not self._authorized(request):
             raise web.HTTPForbidden(text="missing or wrong admin token")
         order = (
@@ -125,6 +126,8 @@ class AdminAPI:
             if self.commerce is not None
             else None
         )
-        if order is None:
+        if order is None or self.commerce is None:
             raise web.HTTPNotFound(text="no such order")
-        return web.json_response(order.to_json())
+        return web.json_response(
+            order.to_json() | {"payment_provider": self.commerce.provider_name(order)}
+        )

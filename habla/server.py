@@ -76,7 +76,10 @@ class Runtime:
         self.commerce = wiring.build_commerce(settings, self.db)  # started in start()
         self.commerce.outbox.on_settled = self._outbox_settled
         self.commerce.notifier = self.notify
-        self.payment_webhook = PaymentWebhook(self.commerce, self.notify)
+        self.payment_webhooks = [
+            PaymentWebhook(self.commerce, self.notify, name)
+            for name in wiring.payment_webhooks(settings)
+        ]
         services = ChannelServices(
             settings=settings,
             accept=self.accept,
@@ -129,9 +132,9 @@ class Runtime:
             self.calls,
         )
         health = [web.get("/health", self.health)]
-        return (
-            health + routes + admin.routes() + self.media.routes() + self.payment_webhook.routes()
-        )
+        for hook in self.payment_webhooks:
+            routes += hook.routes()
+        return health + routes + admin.routes() + self.media.routes()
 
     async def conversation_events(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every event of a conversation (all sessions), for the operator API."""
@@ -152,14 +155,19 @@ class Runtime:
         out = {}
         for name in list(self.channels) + list(self.closed_channels):
             out[name] = [base + p for p in wiring.channel_class(name).url_paths()]
-        out["stripe"] = [base + self.payment_webhook.path]
+        for hook in self.payment_webhooks:
+            out[hook.provider] = [base + hook.path]
         return out
 
     @property
     def closed_endpoints(self) -> dict[str, list[str]]:
         """Webhooks that answer 403, with the settings that would open them."""
-        missing = wiring.payments_missing(self.settings)
-        return self.closed_channels | ({"stripe": missing} if missing else {})
+        closed = dict(self.closed_channels)
+        for hook in self.payment_webhooks:
+            missing = wiring.payments_missing(self.settings, hook.provider)
+            if missing:
+                closed[hook.provider] = missing
+        return closed
 
     async def start(self) -> None:
         """Open the stores and channels, then load the engine: ready when it returns."""

@@ -130,8 +130,18 @@ def build_crm(settings: Settings) -> CRM | None:
     return cls.from_settings(settings) if cls else None
 
 
-def build_payments(settings: Settings) -> Payments | None:
-    cls = _chosen(providers.PAYMENTS, settings.commerce.payments, Payments)
+def payment_names(settings: Settings) -> list[str]:
+    """The configured payment providers (``HABLA_PAYMENTS=stripe,paypal``), default first."""
+    names = (n.strip() for n in settings.commerce.payments.split(","))
+    return [n for n in names if n and not providers.PAYMENTS.is_off(n)]
+
+
+def build_payments(settings: Settings, name: str | None = None) -> Payments | None:
+    """The payment provider ``name`` (default: the first configured), or None when
+    none is configured."""
+    names = payment_names(settings)
+    chosen = name if name is not None else (names[0] if names else "")
+    cls = _chosen(providers.PAYMENTS, chosen, Payments)
     return cls.from_settings(settings) if cls else None
 
 
@@ -149,8 +159,9 @@ def build_commerce(settings: Settings, db: SQLite) -> Commerce:
     if settings.commerce.order_store == "mongo":
         c = settings.commerce
         jobs = MongoJobs(motor_client(c.mongo_url)[c.mongo_database])
-    crm, payments = build_crm(settings), build_payments(settings)
-    return Commerce(settings, db, crm=crm, payments=payments, jobs=jobs)
+    payments = [build_payments(settings, name) for name in payment_names(settings)]
+    crm = build_crm(settings)
+    return Commerce(settings, db, crm=crm, payments=[p for p in payments if p], jobs=jobs)
 
 
 async def start_commerce(commerce: Commerce, settings: Settings, db: SQLite) -> Commerce:
@@ -159,14 +170,28 @@ async def start_commerce(commerce: Commerce, settings: Settings, db: SQLite) -> 
     return commerce
 
 
-def payments_missing(settings: Settings) -> list[str]:
-    """What the payment webhook needs before it accepts requests (empty: open)."""
-    name = settings.commerce.payments
-    if providers.PAYMENTS.is_off(name):
-        first = providers.PAYMENTS.names[0]
-        cls = _load(providers.PAYMENTS, first, Payments)
-        return [f"HABLA_PAYMENTS={first}", *cls.missing_secrets(settings)]
-    return list(_load(providers.PAYMENTS, name, Payments).missing_secrets(settings))
+def payment_webhooks(settings: Settings) -> list[str]:
+    """The providers whose webhook is served (``/webhooks/<name>/webhook``): every
+    built-in one (closed, 403, until configured) and any configured custom class."""
+    names = list(providers.PAYMENTS.names)
+    for name in payment_names(settings):
+        cls = _load(providers.PAYMENTS, name, Payments)
+        if cls.name not in names:
+            names.append(cls.name)
+    return names
+
+
+def payments_missing(settings: Settings, provider: str = "stripe") -> list[str]:
+    """What the payment webhook of ``provider`` needs before it accepts requests
+    (empty: open)."""
+    configured = payment_names(settings)
+    for name in configured:
+        cls = _load(providers.PAYMENTS, name, Payments)
+        if cls.name == provider:
+            return list(cls.missing_secrets(settings))
+    cls = _load(providers.PAYMENTS, provider, Payments)
+    wanted = ",".join([*configured, provider])
+    return [f"HABLA_PAYMENTS={wanted}", *cls.missing_secrets(settings)]
 
 
 def build_channels(

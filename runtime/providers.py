@@ -29,6 +29,7 @@ STT = Registry(
         "whisper": "voice.stt.whisper:WhisperSTT",
         "google": "voice.stt.google:GoogleSTT",
         "azure": "voice.stt.azure:AzureSTT",
+        "transcribe": "voice.stt.transcribe:TranscribeSTT",
     },
     off=("off",),
 )
@@ -40,6 +41,7 @@ TTS = Registry(
         "espeak": "voice.tts.espeak:EspeakTTS",
         "google": "voice.tts.google:GoogleTTS",
         "azure": "voice.tts.azure:AzureTTS",
+        "polly": "voice.tts.polly:PollyTTS",
     },
     off=("off",),
 )
@@ -71,6 +73,8 @@ CRMS = Registry(
     {
         "hubspot": "commerce.crm.hubspot:HubSpotCRM",
         "salesforce": "commerce.crm.salesforce:SalesforceCRM",
+        "pipedrive": "commerce.crm.pipedrive:PipedriveCRM",
+        "zoho": "commerce.crm.zoho:ZohoCRM",
     },
     off=("",),
 )
@@ -78,7 +82,10 @@ CRMS = Registry(
 # commerce/payments/base.py Payments
 PAYMENTS = Registry(
     "payment provider",
-    {"stripe": "commerce.payments.stripe:StripePayments"},
+    {
+        "stripe": "commerce.payments.stripe:StripePayments",
+        "paypal": "commerce.payments.paypal:PayPalPayments",
+    },
     off=("",),
 )
 

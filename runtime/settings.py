@@ -42,11 +42,13 @@ def setting(
     *,
     secret: bool = False,
     choices: tuple[str, ...] | Registry = (),
+    many: bool = False,
 ) -> Any:
-    """Declare one setting: its default, environment variable and documentation."""
+    """Declare one setting: its default, environment variable and documentation
+    (``many``: a comma-separated list, each item one of ``choices``)."""
     return field(
         default=default,
-        metadata={"env": env, "doc": doc, "secret": secret, "choices": choices},
+        metadata={"env": env, "doc": doc, "secret": secret, "choices": choices, "many": many},
     )
 
 
@@ -500,15 +502,16 @@ class VoiceSettings:
         "whisper",
         "HABLA_STT",
         "Speech-to-text for voice notes: whisper (offline, faster-whisper; the default), "
-        "google (Cloud Speech), azure (Azure Speech), or off (voice notes get a reply "
-        "asking the user to write).",
+        "google (Cloud Speech), azure (Azure Speech), transcribe (Amazon Transcribe "
+        "streaming), or off (voice notes get a reply asking the user to write).",
         choices=providers.STT,
     )
     tts: str = setting(
         "espeak",
         "HABLA_TTS",
         "Text-to-speech for voice-note replies: espeak (offline espeak-ng; the default), "
-        "google (Cloud Text-to-Speech), azure (Azure Speech), or off.",
+        "google (Cloud Text-to-Speech), azure (Azure Speech), polly (Amazon Polly, "
+        "neural voices), or off.",
         choices=providers.TTS,
     )
     reply_mode: str = setting(
@@ -591,6 +594,47 @@ class VoiceSettings:
         "Azure Speech host URL instead of the region (e.g. a container or a local fake: "
         "ws://127.0.0.1:5000).",
     )
+    aws_region: str = setting(
+        "",
+        "AWS_REGION",
+        "AWS region of Amazon Polly and Transcribe (e.g. eu-west-1); required for them.",
+    )
+    aws_access_key_id: str = setting(
+        "",
+        "AWS_ACCESS_KEY_ID",
+        "AWS access key for Polly and Transcribe. Empty: the AWS SDKs' default chain "
+        "(shared config files, the instance or task role).",
+        secret=True,
+    )
+    aws_secret_access_key: str = setting(
+        "", "AWS_SECRET_ACCESS_KEY", "The secret of AWS_ACCESS_KEY_ID.", secret=True
+    )
+    aws_session_token: str = setting(
+        "", "AWS_SESSION_TOKEN", "AWS session token (temporary credentials).", secret=True
+    )
+    aws_endpoint_url: str = setting(
+        "",
+        "HABLA_AWS_ENDPOINT_URL",
+        "Endpoint URL for every AWS service instead of AWS's own (a local emulator). "
+        "Empty: AWS's regional endpoints.",
+    )
+    polly_endpoint_url: str = setting(
+        "",
+        "HABLA_POLLY_ENDPOINT_URL",
+        "Endpoint URL of Amazon Polly only (overrides HABLA_AWS_ENDPOINT_URL).",
+    )
+    transcribe_endpoint_url: str = setting(
+        "",
+        "HABLA_TRANSCRIBE_ENDPOINT_URL",
+        "Endpoint URL of Amazon Transcribe streaming only (overrides "
+        "HABLA_AWS_ENDPOINT_URL); https:// (its SDK speaks HTTP/2 over TLS only).",
+    )
+    aws_ca_bundle: str = setting(
+        "",
+        "AWS_CA_BUNDLE",
+        "Certificate file (PEM) trusted for TLS to AWS instead of the system's store "
+        "(a TLS-inspecting proxy, or a local fake's certificate).",
+    )
     media_secret: str = setting(
         "",
         "HABLA_MEDIA_SECRET",
@@ -617,8 +661,8 @@ class CommerceSettings:
     crm: str = setting(
         "",
         "HABLA_CRM",
-        "CRM the built-in actions write to: hubspot, salesforce, or empty (none; the "
-        "actions succeed without a CRM record).",
+        "CRM the built-in actions write to: hubspot, salesforce, pipedrive, zoho, or empty "
+        "(none; the actions succeed without a CRM record).",
         choices=providers.CRMS,
     )
     hubspot_token: str = setting(
@@ -644,6 +688,54 @@ class CommerceSettings:
         "HABLA_SALESFORCE_CA_BUNDLE",
         "CA bundle to verify the Salesforce host with (empty: the system's).",
     )
+    pipedrive_token: str = setting(
+        "",
+        "PIPEDRIVE_API_TOKEN",
+        "Pipedrive API token (Personal preferences → API), sent as the x-api-token header.",
+        secret=True,
+    )
+    pipedrive_base_url: str = setting(
+        "https://api.pipedrive.com",
+        "HABLA_PIPEDRIVE_BASE_URL",
+        "Pipedrive API base URL: https://api.pipedrive.com or the company domain "
+        "(https://yourcompany.pipedrive.com).",
+    )
+    pipedrive_ref_field: str = setting(
+        "",
+        "HABLA_PIPEDRIVE_REF_FIELD",
+        "API key (a 40-character hash) of the deal custom text field habla keeps its "
+        "reference in (leads share the deal fields); ref= in HABLA_CRM_FIELD_MAP wins.",
+    )
+    zoho_client_id: str = setting(
+        "", "ZOHO_CLIENT_ID", "Zoho OAuth client id (API console).", secret=True
+    )
+    zoho_client_secret: str = setting(
+        "", "ZOHO_CLIENT_SECRET", "Zoho OAuth client secret.", secret=True
+    )
+    zoho_refresh_token: str = setting(
+        "",
+        "ZOHO_REFRESH_TOKEN",
+        "Zoho OAuth refresh token (scopes ZohoCRM.modules.ALL, ZohoSearch.securesearch.READ).",
+        secret=True,
+    )
+    zoho_dc: str = setting(
+        "com",
+        "HABLA_ZOHO_DC",
+        "Zoho data centre of the org: https://www.zohoapis.<dc> and its accounts server.",
+        choices=("com", "eu", "in", "com.au", "jp", "ca", "com.cn", "sa", "uk"),
+    )
+    zoho_api_base: str = setting(
+        "", "HABLA_ZOHO_API_BASE", "Zoho API base URL (empty: the data centre's)."
+    )
+    zoho_accounts_url: str = setting(
+        "", "HABLA_ZOHO_ACCOUNTS_URL", "Zoho accounts server URL (empty: the data centre's)."
+    )
+    zoho_ref_field: str = setting(
+        "Habla_Ref",
+        "HABLA_ZOHO_REF_FIELD",
+        "API name of the unique text field on Leads and Deals that holds habla's "
+        "reference; ref= in HABLA_CRM_FIELD_MAP wins.",
+    )
     crm_field_map: str = setting(
         "",
         "HABLA_CRM_FIELD_MAP",
@@ -653,8 +745,11 @@ class CommerceSettings:
     payments: str = setting(
         "",
         "HABLA_PAYMENTS",
-        "Payment provider: stripe, or empty (the shop answers without taking payments).",
+        "Payment providers, comma-separated (stripe,paypal): the first is the default, a "
+        "catalog product may name another (payments: paypal). Empty: the shop answers "
+        "without taking payments.",
         choices=providers.PAYMENTS,
+        many=True,
     )
     stripe_key: str = setting("", "STRIPE_API_KEY", "Stripe secret key (sk_...).", secret=True)
     stripe_webhook_secret: str = setting(
@@ -672,17 +767,48 @@ class CommerceSettings:
         "HABLA_STRIPE_TOLERANCE_S",
         "Oldest Stripe-Signature timestamp accepted (seconds).",
     )
+    paypal_client_id: str = setting(
+        "", "PAYPAL_CLIENT_ID", "PayPal REST app client id.", secret=True
+    )
+    paypal_client_secret: str = setting(
+        "", "PAYPAL_CLIENT_SECRET", "PayPal REST app secret.", secret=True
+    )
+    paypal_webhook_id: str = setting(
+        "",
+        "PAYPAL_WEBHOOK_ID",
+        "Id of the /webhooks/paypal/webhook endpoint in the PayPal app (its signatures "
+        "cover it). Unset: the webhook answers 403.",
+        secret=True,
+    )
+    paypal_env: str = setting(
+        "sandbox",
+        "HABLA_PAYPAL_ENV",
+        "PayPal environment: sandbox (api-m.sandbox.paypal.com) or live (api-m.paypal.com).",
+        choices=("sandbox", "live"),
+    )
+    paypal_api_base: str = setting(
+        "",
+        "HABLA_PAYPAL_API_BASE",
+        "PayPal API base URL overriding HABLA_PAYPAL_ENV (tests; webhook certificates are "
+        "also accepted from it).",
+    )
+    paypal_tolerance_s: int = setting(
+        300,
+        "HABLA_PAYPAL_TOLERANCE_S",
+        "Oldest PAYPAL-TRANSMISSION-TIME accepted (seconds).",
+    )
     success_url: str = setting(
         "",
         "HABLA_CHECKOUT_SUCCESS_URL",
-        "Where Stripe Checkout sends the buyer after paying (empty: a thank-you page "
-        "served by habla at /shop/thanks).",
+        "Where the payment page (Stripe Checkout, PayPal) sends the buyer after paying "
+        "(empty: a thank-you page served by habla at /shop/thanks).",
     )
     catalog: str = setting(
         "catalog.yml",
         "HABLA_CATALOG",
         "Product catalog (relative to the bot folder): names, SKUs, prices, currency, "
-        "optional Stripe price ids and recurring intervals.",
+        "optional Stripe price ids, PayPal plans, recurring intervals and the payment "
+        "provider per product.",
     )
     order_store: str = setting(
         "sqlite",
@@ -870,8 +996,10 @@ def load_settings(env: Mapping[str, str] | None = None, file: str | Path | None 
             continue
         choices = meta["choices"]
         if isinstance(choices, Registry):
-            if not choices.allows(value):
-                problems.append(f"{key} (from {source}): {value!r} is not {choices.describe()}")
+            items = [v.strip() for v in value.split(",")] if meta["many"] else [value]
+            wrong = [v for v in items if not choices.allows(v)]
+            if wrong:
+                problems.append(f"{key} (from {source}): {wrong[0]!r} is not {choices.describe()}")
                 continue
         elif choices and value not in choices:
             problems.append(f"{key} (from {source}): {value!r} is not one of {', '.join(choices)}")
@@ -897,7 +1025,11 @@ def _validate(s: Settings) -> list[str]:
         ("twilio.api_base (HABLA_TWILIO_API_BASE)", s.twilio.api_base),
         ("whatsapp.api_base (HABLA_WHATSAPP_API_BASE)", s.whatsapp.api_base),
         ("commerce.hubspot_host (HABLA_HUBSPOT_HOST)", s.commerce.hubspot_host),
+        ("commerce.pipedrive_base_url (HABLA_PIPEDRIVE_BASE_URL)", s.commerce.pipedrive_base_url),
+        ("commerce.zoho_api_base (HABLA_ZOHO_API_BASE)", s.commerce.zoho_api_base),
+        ("commerce.zoho_accounts_url (HABLA_ZOHO_ACCOUNTS_URL)", s.commerce.zoho_accounts_url),
         ("commerce.stripe_api_base (HABLA_STRIPE_API_BASE)", s.commerce.stripe_api_base),
+        ("commerce.paypal_api_base (HABLA_PAYPAL_API_BASE)", s.commerce.paypal_api_base),
         ("commerce.success_url (HABLA_CHECKOUT_SUCCESS_URL)", s.commerce.success_url),
     ):
         if url:
@@ -1004,6 +1136,26 @@ def _validate(s: Settings) -> list[str]:
         problems.append(
             "AZURE_SPEECH_KEY and HABLA_AZURE_SPEECH_REGION (or _HOST) are required for azure"
         )
+    if (v.stt == "transcribe" or v.tts == "polly") and not v.aws_region:
+        problems.append("AWS_REGION is required for the polly and transcribe speech engines")
+    if bool(v.aws_access_key_id) != bool(v.aws_secret_access_key):
+        problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together")
+    for url, where in (
+        (v.aws_endpoint_url, "HABLA_AWS_ENDPOINT_URL"),
+        (v.polly_endpoint_url, "HABLA_POLLY_ENDPOINT_URL"),
+        (v.transcribe_endpoint_url, "HABLA_TRANSCRIBE_ENDPOINT_URL"),
+    ):
+        if url and urlparse(url).scheme not in ("http", "https"):
+            problems.append(f"{where}: an http(s):// URL")
+    if v.stt == "transcribe" and (v.transcribe_endpoint_url or v.aws_endpoint_url).startswith(
+        "http://"
+    ):
+        problems.append(
+            "HABLA_TRANSCRIBE_ENDPOINT_URL (or HABLA_AWS_ENDPOINT_URL): https:// (Amazon "
+            "Transcribe streaming is HTTP/2 over TLS)"
+        )
+    if v.aws_ca_bundle and not Path(v.aws_ca_bundle).is_file():
+        problems.append(f"AWS_CA_BUNDLE: no such file {v.aws_ca_bundle}")
     c = s.commerce
     if c.crm == "hubspot" and not c.hubspot_token:
         problems.append("HUBSPOT_ACCESS_TOKEN is required when commerce.crm is hubspot")
@@ -1011,8 +1163,33 @@ def _validate(s: Settings) -> list[str]:
         problems.append(
             "HABLA_SALESFORCE_INSTANCE_URL and SALESFORCE_ACCESS_TOKEN are required for salesforce"
         )
-    if c.payments == "stripe" and not c.stripe_key:
-        problems.append("STRIPE_API_KEY is required when commerce.payments is stripe")
+    if c.crm == "pipedrive":
+        if not c.pipedrive_token:
+            problems.append("PIPEDRIVE_API_TOKEN is required when commerce.crm is pipedrive")
+        mapped_ref = any(
+            item.partition("=")[0].strip() == "ref" for item in c.crm_field_map.split(",")
+        )
+        if not (c.pipedrive_ref_field or mapped_ref):
+            problems.append(
+                "HABLA_PIPEDRIVE_REF_FIELD (the API key of a deal custom field) is required "
+                "when commerce.crm is pipedrive"
+            )
+    if c.crm == "zoho" and not (c.zoho_client_id and c.zoho_client_secret and c.zoho_refresh_token):
+        problems.append(
+            "ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN are required for zoho"
+        )
+    payments = [n.strip() for n in c.payments.split(",") if n.strip()]
+    if "stripe" in payments and not c.stripe_key:
+        problems.append("STRIPE_API_KEY is required when commerce.payments has stripe")
+    if "paypal" in payments and not (c.paypal_client_id and c.paypal_client_secret):
+        problems.append(
+            "PAYPAL_CLIENT_ID and PAYPAL_CLIENT_SECRET are required when commerce.payments "
+            "has paypal"
+        )
+    if len(set(payments)) != len(payments):
+        problems.append(f"commerce.payments (HABLA_PAYMENTS): {c.payments!r} names one twice")
+    if c.paypal_tolerance_s <= 0:
+        problems.append("commerce.paypal_tolerance_s (HABLA_PAYPAL_TOLERANCE_S): above 0")
     if c.order_store == "mongo" and not c.mongo_url:
         problems.append("HABLA_MONGO_URL is required when commerce.order_store is mongo")
     if s.store.tracker_store == "mongo" and not c.mongo_url:
@@ -1035,7 +1212,9 @@ def settings_table() -> str:
         where = "*(environment only)*" if meta["secret"] else f"`{key}`"
         default = f.default if f.default != "" else "*(unset)*"
         choices = meta["choices"]
-        if isinstance(choices, Registry):
+        if isinstance(choices, Registry) and meta["many"]:
+            doc = meta["doc"] + f" Each one of: {choices.describe()}."
+        elif isinstance(choices, Registry):
             doc = meta["doc"] + f" One of: {choices.describe()}."
         else:
             doc = meta["doc"] + (f" One of: {', '.join(choices)}." if choices else "")

@@ -19,15 +19,23 @@ import requests
 
 from commerce.crm.base import CRM, Contact, Deal, field_map
 from commerce.crm.hubspot import HubSpotCRM
+from commerce.crm.pipedrive import PipedriveCRM
 from commerce.crm.salesforce import SalesforceCRM
+from commerce.crm.zoho import ZohoCRM
 from runtime.providers import CRMS
 from runtime.retry import PermanentError, TransientError
 from runtime.settings import Settings, SettingsError, load_settings
 from tests.fakes.hubspot_api import FakeHubSpotAPI
+from tests.fakes.pipedrive_api import REF_FIELD as PIPEDRIVE_REF
+from tests.fakes.pipedrive_api import FakePipedriveAPI
 from tests.fakes.salesforce_api import FakeSalesforceAPI, self_signed_cert
+from tests.fakes.zoho_api import FakeZohoAPI
 
 HUBSPOT_TOKEN = "pat-eu1-00000000-test-token"
 SF_SESSION = "00D000000000001!AQ4AQ.test-session-id"
+PIPEDRIVE_TOKEN = "2f3c0a9e5b7d4c1e8a6f0b3d9c7e5a1f2b4d6c8e"
+ZOHO_CLIENT = ("1000.TESTCLIENTID0000000000000000", "0123456789abcdef0123456789abcdef01")
+ZOHO_REFRESH = "1000.3421ad0e1a6fe44663ea112b8b1c4fdf.cd38e645e3d7423651d17368855bc1c5"
 ANA = Contact(
     phone="+34600111222",
     email="ana@example.com",
@@ -65,6 +73,12 @@ class Provider:
     fields: dict[str, str]  # habla word -> provider field
 
     def records(self, kind: str) -> list[dict[str, Any]]:
+        if isinstance(self.fake, FakeZohoAPI):
+            modules = {"contact": "Contacts", "lead": "Leads", "deal": "Deals", "note": "Notes"}
+            return self.fake.objects(modules[kind])
+        if isinstance(self.fake, FakePipedriveAPI):
+            kinds = {"contact": "persons", "lead": "leads", "deal": "deals", "note": "notes"}
+            return [r | {"id": str(r["id"])} for r in self.fake.flat(kinds[kind])]
         if isinstance(self.fake, FakeHubSpotAPI):
             kinds = {"contact": "contacts", "lead": "leads", "deal": "deals", "note": "notes"}
             return [r["properties"] | {"id": r["id"]} for r in self.fake.objects(kinds[kind])]
@@ -81,6 +95,11 @@ class Provider:
             kinds = {"contact": "contacts", "lead": "leads", "deal": "deals", "note": "notes"}
             return self.fake.linked(kinds[kind], record_id, kinds[to_kind])
         record = next(r for r in self.records(kind) if r["id"] == record_id)
+        if isinstance(self.fake, FakePipedriveAPI):
+            value = record.get(f"{to_kind.replace('contact', 'person')}_id")
+            return {str(value)} if value else set()
+        if isinstance(self.fake, FakeZohoAPI):
+            return zoho_links(self.fake, kind, record, to_kind)
         lookup = {("deal", "contact"): "ContactId", ("note", "contact"): "WhoId"}
         lookup |= {("note", "deal"): "WhatId"}
         value = record.get(lookup[(kind, to_kind)])
@@ -97,6 +116,16 @@ HUBSPOT_FIELDS = {
     "open": "appointmentscheduled",
     "won": "closedwon",
 }
+PIPEDRIVE_FIELDS = {
+    "first_name": "first_name",
+    "email": "email",
+    "amount": "value",
+    "stage": "status",
+    "currency": "currency",
+    "note": "content",
+    "open": "open",
+    "won": "won",
+}
 SALESFORCE_FIELDS = {
     "first_name": "FirstName",
     "email": "Email",
@@ -107,6 +136,31 @@ SALESFORCE_FIELDS = {
     "open": "Prospecting",
     "won": "Closed Won",
 }
+ZOHO_FIELDS = {
+    "first_name": "First_Name",
+    "email": "Email",
+    "amount": "Amount",
+    "stage": "Stage",
+    "currency": "Currency",
+    "note": "Note_Content",
+    "open": "Qualification",
+    "won": "Closed Won",
+}
+
+
+def zoho_links(fake: FakeZohoAPI, kind: str, record: dict[str, Any], to_kind: str) -> set[str]:
+    """A deal's contact (Contact_Name); a note's one parent (Parent_Id), and for a note
+    on a deal, the deal's contact (Zoho shows it on the contact through the deal)."""
+    if kind == "deal":
+        return {record["Contact_Name"]["id"]} if record.get("Contact_Name") else set()
+    parent = record["Parent_Id"]
+    module = parent["module"]["api_name"]
+    if to_kind == "deal":
+        return {parent["id"]} if module == "Deals" else set()
+    if module == "Deals":
+        deal = fake.records["Deals"][parent["id"]]
+        return {deal["Contact_Name"]["id"]} if deal.get("Contact_Name") else set()
+    return {parent["id"]} if module == "Contacts" else set()
 
 
 @contextlib.asynccontextmanager
@@ -157,11 +211,69 @@ async def salesforce(cert: tuple[Path, Path], **fake_kw: Any) -> AsyncIterator[P
         await fake.close()
 
 
-@pytest.fixture(params=["hubspot", "salesforce"])
+@contextlib.asynccontextmanager
+async def pipedrive(**fake_kw: Any) -> AsyncIterator[Provider]:
+    fake = FakePipedriveAPI(PIPEDRIVE_TOKEN, **fake_kw)
+    await fake.start()
+    made: list[CRM] = []
+
+    def new(**kw: Any) -> CRM:
+        args = {
+            "api_token": PIPEDRIVE_TOKEN,
+            "base_url": fake.url,
+            "ref_field": PIPEDRIVE_REF,
+            "timeout_s": 2.0,
+            **kw,
+        }
+        crm = PipedriveCRM(**args)
+        made.append(crm)
+        return crm
+
+    try:
+        yield Provider("pipedrive", new(), fake, new, PIPEDRIVE_FIELDS)
+    finally:
+        for crm in made:
+            await crm.close()
+        await fake.close()
+
+
+@contextlib.asynccontextmanager
+async def zoho(**fake_kw: Any) -> AsyncIterator[Provider]:
+    """Zoho CRM (a multi-currency org) and its accounts server on one local fake."""
+    fake = FakeZohoAPI(*ZOHO_CLIENT, ZOHO_REFRESH, **{"multi_currency": True, **fake_kw})
+    await fake.start()
+    made: list[CRM] = []
+
+    def new(**kw: Any) -> CRM:
+        args = {
+            "client_id": ZOHO_CLIENT[0],
+            "client_secret": ZOHO_CLIENT[1],
+            "refresh_token": ZOHO_REFRESH,
+            "api_base": fake.url,
+            "accounts_url": fake.url,
+            "timeout_s": 2.0,
+            "multi_currency": True,
+            **kw,
+        }
+        crm = ZohoCRM(**args)
+        made.append(crm)
+        return crm
+
+    try:
+        yield Provider("zoho", new(), fake, new, ZOHO_FIELDS)
+    finally:
+        for crm in made:
+            await crm.close()
+        await fake.close()
+
+
+@pytest.fixture(params=["hubspot", "salesforce", "pipedrive", "zoho"])
 async def provider(
     request: pytest.FixtureRequest, sf_cert: tuple[Path, Path]
 ) -> AsyncIterator[Provider]:
-    pair = hubspot() if request.param == "hubspot" else salesforce(sf_cert)
+    pairs = {"hubspot": hubspot, "salesforce": lambda: salesforce(sf_cert), "pipedrive": pipedrive}
+    pairs["zoho"] = zoho
+    pair = pairs[request.param]()
     async with pair as p:
         yield p
 
@@ -235,6 +347,15 @@ async def test_lead_is_created_once_under_repeat(provider: Provider) -> None:
         contact = provider.one("contact")
         assert lead["hs_lead_name"] == "Ana García (whatsapp)"
         assert provider.fake.linked("leads", first, "contacts") == {contact["id"]}
+    elif provider.name == "pipedrive":
+        contact = provider.one("contact")
+        assert lead["title"] == "Ana García (whatsapp)"
+        assert lead[PIPEDRIVE_REF] == "lead-ana-1"
+        assert str(lead["person_id"]) == contact["id"]
+    elif provider.name == "zoho":  # a Lead on its own, upserted by Habla_Ref
+        assert (lead["Last_Name"], lead["First_Name"]) == ("García", "Ana")
+        assert (lead["Habla_Ref"], lead["Description"]) == ("lead-ana-1", "habla: whatsapp")
+        assert provider.records("contact") == []
     else:
         assert (lead["LastName"], lead["FirstName"]) == ("García", "Ana")
         assert (lead["Company"], lead["LeadSource"]) == ("[not provided]", "whatsapp")
@@ -297,14 +418,21 @@ async def test_note_is_attached_to_contact_and_deal_once(provider: Provider) -> 
     if provider.name == "hubspot":  # HTML body: escaped, line breaks kept
         assert note["hs_note_body"] == "user: hola<br>bot: &lt;b&gt;hola&lt;/b&gt;, Ana"
         assert note["habla_ref"] == "conv-9"
+    elif provider.name == "pipedrive":  # HTML content, the ref as its last line
+        assert note["content"] == (
+            "user: hola<br>bot: &lt;b&gt;hola&lt;/b&gt;, Ana<br><br>[habla-ref: conv-9]"
+        )
+    elif provider.name == "zoho":  # plain text on the deal, the ref in the title
+        assert (note["Note_Content"], note["Note_Title"]) == (transcript, "Conversation [conv-9]")
     else:
         assert (note["Description"], note["Status"]) == (transcript, "Completed")
 
 
 async def test_wrong_credentials_are_permanent(provider: Provider) -> None:
-    key = "access_token" if provider.name == "hubspot" else "session_id"
+    keys = {"hubspot": "access_token", "pipedrive": "api_token", "zoho": "refresh_token"}
+    key = keys.get(provider.name, "session_id")
     crm = provider.new(**{key: "wrong-token"})
-    with pytest.raises(PermanentError, match="401"):
+    with pytest.raises(PermanentError, match="401|invalid_code"):
         await crm.upsert_contact(ANA)
     assert provider.records("contact") == []
 
@@ -353,7 +481,9 @@ async def test_slow_answer_times_out_as_transient(provider: Provider) -> None:
             await crm.upsert_contact(ANA)
         assert e.value.transient
         lookup = provider.fake.requests[-1]  # the fake got the lookup and holds its answer
-        assert ("/contacts/search" if provider.name == "hubspot" else "/query") in lookup.path
+        paths = {"hubspot": "/contacts/search", "pipedrive": "/persons/search"}
+        paths["zoho"] = "/crm/v6/Contacts/search"
+        assert paths.get(provider.name, "/query") in lookup.path
         release.set()
 
     await crm.upsert_contact(ANA)  # the same adapter works on

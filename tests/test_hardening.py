@@ -667,6 +667,9 @@ class StubCommerce:
         self.settings = SimpleNamespace(commerce=SimpleNamespace(stripe_webhook_secret=WHSEC))
         self.events: list[PaymentEvent] = []
 
+    def payments_for(self, name: str) -> StripePayments | None:
+        return self.payments if name == "stripe" else None
+
     async def handle_payment_event(self, event: PaymentEvent) -> tuple[Order, str] | None:
         self.events.append(event)
         return None

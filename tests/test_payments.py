@@ -434,10 +434,10 @@ async def test_stripe_python_signature_vector() -> None:
 
 
 def test_providers_are_registered_by_name() -> None:
-    assert PAYMENTS.names == ("stripe",)
+    assert PAYMENTS.names == ("stripe", "paypal")
     assert PAYMENTS.load("stripe", Payments) is StripePayments
     assert PAYMENTS.load("commerce.payments.stripe.StripePayments", Payments) is StripePayments
-    with pytest.raises(UnknownProvider, match="built-in: stripe"):
-        PAYMENTS.load("paypal", Payments)
+    with pytest.raises(UnknownProvider, match="built-in: stripe, paypal"):
+        PAYMENTS.load("adyen", Payments)
     with pytest.raises(UnknownProvider, match="is not a Payments"):
         PAYMENTS.load("commerce.payments.base.LineItem", Payments)

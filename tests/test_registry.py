@@ -65,12 +65,12 @@ def test_a_custom_class_by_dotted_path() -> None:
 
 
 def test_settings_take_their_choices_from_the_registries(tmp_path: Path) -> None:
-    env = {"HABLA_BOT_DIR": str(PROJECT), "HABLA_STT": "vosk", "HABLA_CRM": "pipedrive"}
+    env = {"HABLA_BOT_DIR": str(PROJECT), "HABLA_STT": "vosk", "HABLA_CRM": "dynamics"}
     with pytest.raises(SettingsError) as err:
         load_settings(env=env)
     text = str(err.value)
     assert "voice.stt" in text and "off, whisper, google, azure" in text
-    assert "commerce.crm" in text and "hubspot, salesforce" in text
+    assert "commerce.crm" in text and "hubspot, salesforce, pipedrive, zoho" in text
     # a dotted path is a custom class: accepted by settings, loaded by the wiring
     s = load_settings(env={"HABLA_BOT_DIR": str(PROJECT), "HABLA_TTS": "acme.speech.AcmeTTS"})
     with pytest.raises(SettingsError, match="acme.speech.AcmeTTS' cannot be loaded"):
@@ -79,7 +79,7 @@ def test_settings_take_their_choices_from_the_registries(tmp_path: Path) -> None
         load_settings(env={"HABLA_BOT_DIR": str(PROJECT), "HABLA_CHANNELS": "rest,telegram"})
     assert "'telegram' is not" in str(err.value)
     table = settings_table()
-    assert "One of: off, whisper, google, azure, or a dotted path" in table
+    assert "One of: off, whisper, google, azure, transcribe, or a dotted path" in table
 
 
 def test_a_new_provider_is_one_registry_line() -> None:

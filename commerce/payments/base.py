@@ -7,6 +7,11 @@ twice. Errors are mapped once: :class:`TransientError` (429, 5xx, timeout, conne
 refused) is worth retrying with the same key; :class:`PermanentError` (bad request,
 bad credentials, declined card) is not. Webhooks fail closed: a missing, wrong or
 stale signature raises :class:`WebhookSignatureError`.
+
+Some providers (PayPal) do not take the money when the buyer approves: their webhook
+then decodes to an ``approved`` event and habla asks for the money with
+:meth:`Payments.capture` (``commerce/service.py`` runs it from the outbox); the
+provider's own "completed" event makes the order paid.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import ClassVar, Literal
 from runtime.retry import PermanentError, TransientError
 from runtime.settings import Settings
 
-EventType = Literal["paid", "failed", "refunded", "expired"]
+EventType = Literal["paid", "failed", "refunded", "expired", "approved"]
+"""``approved``: the buyer approved; habla must :meth:`Payments.capture` the payment."""
 INTERVALS = ("", "day", "week", "month", "year")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
@@ -86,13 +92,17 @@ class PaymentEvent:
     conversation_id: str
     amount_minor: int  # paid, attempted or refunded amount
     currency: str  # upper-case ISO 4217
-    provider_ref: str  # the refundable payment (pi_...) or, for "expired", the session
+    provider_ref: str  # the refundable payment (pi_...); for "expired" and "approved",
+    # the checkout (Stripe session, PayPal order)
     reason: str  # failure message, "partial" for a partial refund, or ""
     raw_type: str  # the provider's event type, e.g. "checkout.session.completed"
 
 
 class Payments(ABC):
     name: ClassVar[str]
+    event_type_field: ClassVar[str] = "type"
+    """The field of the provider's webhook envelope that names the event type (with
+    ``id`` the event id): ``type`` for Stripe, ``event_type`` for PayPal."""
 
     @classmethod
     def missing_secrets(cls, settings: Settings) -> list[str]:
@@ -103,6 +113,10 @@ class Payments(ABC):
     @abstractmethod
     def from_settings(cls, settings: Settings) -> Payments:
         """Build from the settings (registered in runtime/providers.py PAYMENTS)."""
+
+    def webhook_missing(self) -> list[str]:
+        """What this instance lacks to verify webhooks (the webhook answers 403)."""
+        return []
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open clients."""
@@ -139,6 +153,13 @@ class Payments(ABC):
     ) -> Refund:
         """Refund ``amount_minor`` (None: all of it) of the payment ``payment_ref``
         (:attr:`PaymentEvent.provider_ref` of its "paid" event)."""
+
+    async def capture(self, checkout_ref: str, *, idempotency_key: str) -> str:
+        """Take the money of an approved checkout (``checkout_ref``: the "approved"
+        event's :attr:`PaymentEvent.provider_ref`); the provider's id of the payment.
+        Idempotent: a retry with the same key takes nothing twice. Only providers whose
+        webhooks decode to "approved" events need it."""
+        raise PermanentError(f"{self.name}: payments are taken at checkout, not captured")
 
     @abstractmethod
     async def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentEvent | None:

@@ -118,6 +118,9 @@ class StripePayments(Payments):
             max_network_retries=0,  # retries belong to the caller (same idempotency key)
         )
 
+    def webhook_missing(self) -> list[str]:
+        return [] if self.webhook_secret else ["STRIPE_WEBHOOK_SECRET"]
+
     async def close(self) -> None:
         await self.http.close_async()
 
