@@ -483,15 +483,16 @@ class Commerce:
         return self.crm
 
     async def _crm_contact(self, payload: dict[str, Any]) -> dict[str, Any]:
-        contact_id = await self._need_crm().upsert_contact(Contact(**payload["contact"]))
-        return {"contact_id": contact_id}
+        crm = self._need_crm()
+        contact_id = await crm.upsert_contact(Contact(**payload["contact"]))
+        return {"contact_id": contact_id, "provider": crm.name}
 
     async def _crm_lead(self, payload: dict[str, Any]) -> dict[str, Any]:
         crm = self._need_crm()
         lead_id = await crm.create_lead(
             Contact(**payload["contact"]), payload["source"], payload["ref"]
         )
-        return {"lead_id": lead_id}
+        return {"lead_id": lead_id, "provider": crm.name}
 
     async def _crm_note(self, payload: dict[str, Any]) -> dict[str, Any]:
         crm = self._need_crm()
@@ -499,7 +500,7 @@ class Commerce:
         note_id = await crm.add_note(
             contact_id, payload["text"], payload["ref"], payload.get("deal_ref", "")
         )
-        return {"contact_id": contact_id, "note_id": note_id}
+        return {"contact_id": contact_id, "note_id": note_id, "provider": crm.name}
 
     async def _crm_order(self, payload: dict[str, Any]) -> dict[str, Any]:
         crm = self._need_crm()
@@ -528,14 +529,15 @@ class Commerce:
                 contact_id=contact_id,
             )
         )
-        return {"contact_id": contact_id, "deal_id": deal_id}
+        return {"contact_id": contact_id, "deal_id": deal_id, "provider": crm.name}
 
     async def _crm_deal_stage(self, payload: dict[str, Any]) -> dict[str, Any]:
         crm = self._need_crm()
         # the deal is created by the crm.order job: make sure it exists (idempotent)
         created = await self._crm_order({"order_id": payload["order_id"]})
         deal_id = await crm.move_deal(payload["order_id"], payload["stage"])
-        return {"deal_id": deal_id or created["deal_id"], "stage": payload["stage"]}
+        deal_id = deal_id or created["deal_id"]
+        return {"deal_id": deal_id, "stage": payload["stage"], "provider": crm.name}
 
 
 def _contact_json(contact: Contact) -> dict[str, Any]:

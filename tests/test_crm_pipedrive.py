@@ -248,5 +248,7 @@ async def test_the_shop_writes_the_contact_and_won_deal_to_pipedrive(
         jobs = (await shop.admin("/api/outbox"))["jobs"]
         assert jobs and {j["status"] for j in jobs} == {"done"}  # nothing refused
         assert {j["attempts"] for j in jobs} == {1}
+        crm_jobs = [j for j in jobs if j["kind"].startswith("crm.")]
+        assert crm_jobs and {j["result"]["provider"] for j in crm_jobs} == {"pipedrive"}
     finally:
         await fake.close()

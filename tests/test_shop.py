@@ -194,6 +194,10 @@ async def test_crm_down_then_up_makes_exactly_one_contact_and_one_deal(shop: Sho
 
     await eventually(all_done)
     assert any(j["attempts"] > 1 for j in jobs)  # the outage was retried, not lost
+    # the operator sees which provider handled each write
+    providers = {j["kind"]: j["result"].get("provider") for j in jobs}
+    assert providers["payments.checkout"] == "stripe" and providers["crm.order"] == "hubspot"
+    assert providers["crm.deal_stage"] == "hubspot"
     assert len(shop.hubspot.objects("contacts")) == 1
     assert len(shop.hubspot.objects("deals")) == 1
 
