@@ -26,7 +26,6 @@ Every request is recorded in :attr:`requests`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -36,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import Outage, serve
+from tests.fakes.server import FakeAPI
 
 BUILTIN_PROPERTIES: dict[str, set[str]] = {
     "contacts": {
@@ -97,13 +96,14 @@ class HubSpotError(Exception):
         self.headers = headers
 
 
-class FakeHubSpotAPI:
+class FakeHubSpotAPI(FakeAPI):
     def __init__(
         self,
         token: str,
         custom_properties: Mapping[str, Iterable[str]] | None = None,
         currencies: Iterable[str] = ("EUR", "USD", "GBP"),
     ) -> None:
+        super().__init__()
         self.token = token
         custom = DEFAULT_CUSTOM if custom_properties is None else custom_properties
         self.properties = {
@@ -116,14 +116,8 @@ class FakeHubSpotAPI:
         self.search_lag = False
         self.unindexed: set[str] = set()
         self._failures: list[tuple[int, float | None]] = []
-        self.down = Outage()
         self.created = asyncio.Condition()  # notified on each record created
-        self._delays: list[float] = []
-        self._closing = asyncio.Event()
         self._ids = itertools.count(1001)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.port = 0
 
     # ---------------------------------------------------------------- control
 
@@ -131,19 +125,11 @@ class FakeHubSpotAPI:
         """Answer the next ``n`` requests with ``status`` (and a Retry-After header)."""
         self._failures.extend([(status, retry_after)] * n)
 
-    def outage(self, seconds: float, status: int = 503) -> None:
-        """Refuse every request for the next ``seconds`` (429 or 5xx)."""
-        self.down.begin(seconds, status)
-
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        """Hold the next ``n`` answers for ``seconds``."""
-        self._delays.extend([seconds] * n)
-
     def index(self) -> None:
         """Let search see every record (the end of the ``search_lag`` window)."""
         self.unindexed.clear()
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/crm/v3/objects/{kind}/search", self.search)
         app.router.add_post("/crm/v3/objects/{kind}", self.create)
@@ -152,24 +138,7 @@ class FakeHubSpotAPI:
             "/crm/v4/objects/{kind}/{id}/associations/default/{to_kind}/{to_id}",
             self.associate,
         )
-        self.runner, self.url = await serve(app, self.port)
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self.url
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            self._closing.set()
-            await self.runner.cleanup()
-            self.runner = None
-            self._closing.clear()
-
-    async def go_down(self) -> None:
-        """Stop listening (connections are refused); records are kept."""
-        await self.close()
-
-    async def come_up(self) -> None:
-        """Listen again on the same port."""
-        await self.start()
+        return app
 
     # ---------------------------------------------------------------- views
 
@@ -196,18 +165,11 @@ class FakeHubSpotAPI:
 
     async def _begin(self, request: web.Request) -> Any:
         """Record the request, apply scripted delays/failures and check auth; the body."""
-        body = None
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = "<invalid json>"
+        body = await self.read_json(request)
         self.requests.append(
             Recorded(request.method, request.path, request.headers.get("Authorization", ""), body)
         )
-        if self._delays:  # a slow answer, cut short when the fake closes
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._delays.pop(0))
+        await self.hold()
         if self._failures:
             status, retry_after = self._failures.pop(0)
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else None

@@ -27,8 +27,6 @@ Scriptable like the other fakes: :meth:`fail_next` (status, ``Retry-After``,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import uuid
 from collections.abc import Iterable
@@ -38,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import Outage, serve
+from tests.fakes.server import FakeAPI
 
 # the account's deal custom field habla keeps its reference in (text)
 REF_FIELD = "9dc80c50d78a15643bfc4ca79d76156a73a1a0e9"
@@ -131,7 +129,7 @@ class PipedriveError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-class FakePipedriveAPI:
+class FakePipedriveAPI(FakeAPI):
     def __init__(
         self,
         token: str,
@@ -139,6 +137,7 @@ class FakePipedriveAPI:
         person_fields: Iterable[str] = (),
         currencies: Iterable[str] = ("EUR", "USD", "GBP"),
     ) -> None:
+        super().__init__()
         self.token = token
         self.deal_fields = set(deal_fields)  # custom field keys (leads share them)
         self.person_fields = set(person_fields)
@@ -148,13 +147,7 @@ class FakePipedriveAPI:
         }
         self.requests: list[Recorded] = []
         self._failures: list[tuple[int, float | None, float | None]] = []
-        self._delays: list[float] = []
-        self.down = Outage()
-        self._closing = asyncio.Event()
         self._ids = itertools.count(1)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.port = 0
 
     # ---------------------------------------------------------------- control
 
@@ -169,13 +162,7 @@ class FakePipedriveAPI:
         ``x-ratelimit-reset`` headers when given)."""
         self._failures.extend([(status, retry_after, reset)] * n)
 
-    def outage(self, seconds: float, status: int = 503) -> None:
-        self.down.begin(seconds, status)
-
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        self._delays.extend([seconds] * n)
-
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors])
         r = app.router
         for kind in ("persons", "deals"):
@@ -190,23 +177,7 @@ class FakePipedriveAPI:
             r.add_get(f"{prefix}/notes", self.list_notes)
             r.add_post(f"{prefix}/notes", self.create)
             r.add_put(f"{prefix}/notes/{{id}}", self.update)
-        self.runner, self.url = await serve(app, self.port)
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self.url
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            self._closing.set()
-            await self.runner.cleanup()
-            self.runner = None
-            self._closing.clear()
-
-    async def go_down(self) -> None:
-        """Stop listening (connections are refused); records are kept."""
-        await self.close()
-
-    async def come_up(self) -> None:
-        await self.start()
+        return app
 
     # ---------------------------------------------------------------- views
 
@@ -261,21 +232,14 @@ class FakePipedriveAPI:
 
     async def _begin(self, request: web.Request) -> Any:
         """Record the request, apply scripted delays/failures and check the token; the body."""
-        body = None
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = "<invalid json>"
+        body = await self.read_json(request)
         v2 = request.path.startswith("/api/v2/")
         token = request.headers.get("x-api-token") or (
             "" if v2 else request.query.get("api_token", "")
         )
         query = {k: v for k, v in request.query.items() if k != "api_token"}
         self.requests.append(Recorded(request.method, request.path, query, token, body))
-        if self._delays:  # a slow answer, cut short when the fake closes
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._delays.pop(0))
+        await self.hold()
         if self._failures:
             status, retry_after, reset = self._failures.pop(0)
             headers = {}

@@ -25,8 +25,6 @@ shape, ``[{"message", "errorCode", "fields"}]``. Scriptable: :meth:`fail_next`,
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import itertools
@@ -42,6 +40,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tests.fakes.server import FakeAPI
 
 SYSTEM_FIELDS = {"Id", "CreatedDate", "LastModifiedDate"}
 FIELDS: dict[str, set[str]] = {
@@ -149,7 +149,7 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class FakeSalesforceAPI:
+class FakeSalesforceAPI(FakeAPI):
     def __init__(
         self,
         session_id: str,
@@ -158,6 +158,7 @@ class FakeSalesforceAPI:
         custom_fields: Mapping[str, Iterable[str]] | None = None,
         multi_currency: bool = False,
     ) -> None:
+        super().__init__()
         self.session_id = session_id
         self.cert = cert
         ext = external_ids or {o: ["Habla_Ref__c"] for o in ("Lead", "Opportunity", "Task")}
@@ -173,12 +174,7 @@ class FakeSalesforceAPI:
         self.records: dict[str, dict[str, dict[str, Any]]] = {o: {} for o in FIELDS}
         self.requests: list[Recorded] = []
         self._failures: list[tuple[int, str, str]] = []
-        self._delays: list[float] = []
-        self._closing = asyncio.Event()
         self._ids = itertools.count(1)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.port = 0
 
     # ---------------------------------------------------------------- control
 
@@ -191,10 +187,7 @@ class FakeSalesforceAPI:
     ) -> None:
         self._failures.extend([(status, code, message)] * n)
 
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        self._delays.extend([seconds] * n)
-
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         prefix = "/services/data/v{version:\\d+\\.\\d+}"
         app = web.Application()
         app.router.add_get(prefix + "/query", self.query)
@@ -204,30 +197,12 @@ class FakeSalesforceAPI:
         app.router.add_patch(prefix + "/sobjects/{object}/{id}", self.update)
         app.router.add_get(prefix + "/sobjects/{object}/{id}", self.get)
         app.router.add_patch(prefix + "/sobjects/{object}/{field}/{value}", self.upsert)
+        return app
+
+    def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(*self.cert)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=context)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"https://127.0.0.1:{self.port}"
-        return self.url
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            self._closing.set()
-            await self.runner.cleanup()
-            self.runner = None
-            self._closing.clear()
-
-    async def go_down(self) -> None:
-        """Stop listening (connections are refused); records are kept."""
-        await self.close()
-
-    async def come_up(self) -> None:
-        """Listen again on the same port."""
-        await self.start()
+        return context
 
     # ---------------------------------------------------------------- views
 
@@ -241,12 +216,7 @@ class FakeSalesforceAPI:
     # ---------------------------------------------------------------- handlers
 
     async def _begin(self, request: web.Request) -> Any:
-        body = None
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = "<invalid json>"
+        body = await self.read_json(request)
         self.requests.append(
             Recorded(
                 request.method,
@@ -256,11 +226,11 @@ class FakeSalesforceAPI:
                 body,
             )
         )
-        if self._delays:  # a slow answer, cut short when the fake closes
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._delays.pop(0))
+        await self.hold()
         if self._failures:
             raise SalesforceError(*self._failures.pop(0))
+        if self.down.refuses():
+            raise SalesforceError(self.down.status, "SERVER_UNAVAILABLE", "Service unavailable")
         if request.headers.get("Authorization") != f"Bearer {self.session_id}":
             raise SalesforceError(401, "INVALID_SESSION_ID", "Session expired or invalid")
         sobject = request.match_info.get("object")

@@ -34,8 +34,6 @@ refused), ``token_lifetime`` (``expires_in``), :meth:`go_down`/:meth:`come_up`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import re
 import secrets
@@ -47,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.server import Outage, serve
+from tests.fakes.server import FakeAPI
 
 BUILTIN_FIELDS: dict[str, set[str]] = {
     "Contacts": {
@@ -151,7 +149,7 @@ class RecordError(Exception):
         self.answer = {"code": code, "details": details, "message": message, "status": "error"}
 
 
-class FakeZohoAPI:
+class FakeZohoAPI(FakeAPI):
     def __init__(
         self,
         client_id: str,
@@ -162,6 +160,7 @@ class FakeZohoAPI:
         currencies: Iterable[str] = ("EUR", "USD", "GBP"),
         multi_currency: bool = False,
     ) -> None:
+        super().__init__()
         self.client_id, self.client_secret = client_id, client_secret
         self.refresh_token = refresh_token
         custom = DEFAULT_CUSTOM if custom_fields is None else custom_fields
@@ -180,15 +179,9 @@ class FakeZohoAPI:
         self.revoked = False
         self.search_lag = False
         self.unindexed: set[str] = set()
-        self.down = Outage()
         self._failures: list[ZohoError] = []
         self._token_failures: list[tuple[int, dict[str, Any]]] = []
-        self._delays: list[float] = []
-        self._closing = asyncio.Event()
         self._ids = itertools.count(5725767000001001)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.port = 0
 
     # ---------------------------------------------------------------- control
 
@@ -228,14 +221,6 @@ class FakeZohoAPI:
             answer |= {"error_description": description, "status": "failure"}
         self._token_failures.extend([(status, answer)] * n)
 
-    def outage(self, seconds: float, status: int = 503) -> None:
-        """Refuse every API request for the next ``seconds`` (429 or 5xx)."""
-        self.down.begin(seconds, status)
-
-    def delay_next(self, seconds: float, n: int = 1) -> None:
-        """Hold the next ``n`` API answers for ``seconds``."""
-        self._delays.extend([seconds] * n)
-
     def expire_tokens(self) -> None:
         """Every access token issued so far stops working (401 ``INVALID_TOKEN``)."""
         self.issued = dict.fromkeys(self.issued, 0.0)
@@ -249,7 +234,7 @@ class FakeZohoAPI:
         """Let search see every record (the end of the ``search_lag`` window)."""
         self.unindexed.clear()
 
-    async def start(self) -> str:
+    def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/oauth/v2/token", self.token)
         app.router.add_get("/crm/v6/{module}/search", self.search)
@@ -257,24 +242,7 @@ class FakeZohoAPI:
         app.router.add_get("/crm/v6/{module}/{id}/Notes", self.notes)
         app.router.add_post("/crm/v6/{module}", self.insert)
         app.router.add_put("/crm/v6/{module}/{id}", self.update)
-        self.runner, self.url = await serve(app, self.port)
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self.url
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            self._closing.set()
-            await self.runner.cleanup()
-            self.runner = None
-            self._closing.clear()
-
-    async def go_down(self) -> None:
-        """Stop listening (connections are refused); records are kept."""
-        await self.close()
-
-    async def come_up(self) -> None:
-        """Listen again on the same port."""
-        await self.start()
+        return app
 
     # ---------------------------------------------------------------- views
 
@@ -319,19 +287,12 @@ class FakeZohoAPI:
 
     async def _begin(self, request: web.Request) -> Any:
         """Record the request, apply scripted delays/failures and check auth; the body."""
-        body = None
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                body = "<invalid json>"
+        body = await self.read_json(request)
         authorization = request.headers.get("Authorization", "")
         self.requests.append(
             Recorded(request.method, request.path, dict(request.query), authorization, body)
         )
-        if self._delays:  # a slow answer, cut short when the fake closes
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._delays.pop(0))
+        await self.hold()
         if self._failures:
             raise self._failures.pop(0)
         if self.down.refuses():
