@@ -22,8 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import yaml
+
+from commerce.catalog import read_catalog
 from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 
 EventType = Literal["paid", "failed", "refunded", "expired", "approved"]
 """``approved``: the buyer approved; habla must :meth:`Payments.capture` the payment."""
@@ -170,6 +173,17 @@ class Payments(ABC):
         ``body`` must be the raw bytes as received."""
 
 
+def catalog_ids(settings: Settings, field: str) -> dict[str, str]:
+    """sku → the provider's id for it (``stripe_price``, ``paypal_plan``) for each product
+    of the catalog that has one: read at start-up, before serving, so a broken catalog
+    is a settings error."""
+    try:
+        catalog = read_catalog(settings.path(settings.commerce.catalog))
+        return {p.sku: str(getattr(p, field)) for p in catalog.products if getattr(p, field)}
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
+
+
 def check_items(items: Sequence[LineItem]) -> None:
     """The checks every provider needs: something to sell, in one currency."""
     if not items:
@@ -198,6 +212,7 @@ __all__ = [
     "Refund",
     "TransientError",
     "WebhookSignatureError",
+    "catalog_ids",
     "check_items",
     "header",
 ]

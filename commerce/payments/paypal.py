@@ -55,13 +55,12 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 import aiohttp
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from commerce.catalog import from_minor, minor_units, read_catalog
+from commerce.catalog import from_minor, minor_units
 from commerce.payments.base import (
     CheckoutLink,
     EventType,
@@ -70,12 +69,13 @@ from commerce.payments.base import (
     Payments,
     Refund,
     WebhookSignatureError,
+    catalog_ids,
     check_items,
     header,
 )
 from runtime.errors import HablaError, error_for_status
 from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings, SettingsError
+from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +164,7 @@ class PayPalPayments(Payments):
     @classmethod
     def from_settings(cls, settings: Settings) -> PayPalPayments:
         c = settings.commerce
-        try:  # start-up, before serving: the PayPal plans recurring products are sold with
-            catalog = read_catalog(settings.path(c.catalog))
-            plans = {p.sku: p.paypal_plan for p in catalog.products if p.paypal_plan}
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
-            raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
+        plans = catalog_ids(settings, "paypal_plan")  # what recurring products are sold with
         return cls(
             client_id=c.paypal_client_id,
             client_secret=c.paypal_client_secret,

@@ -22,9 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import stripe
-import yaml
 
-from commerce.catalog import read_catalog
 from commerce.payments.base import (
     CheckoutLink,
     EventType,
@@ -33,12 +31,13 @@ from commerce.payments.base import (
     Payments,
     Refund,
     WebhookSignatureError,
+    catalog_ids,
     check_items,
     header,
 )
 from runtime.errors import error_for_status
 from runtime.retry import PermanentError, TransientError
-from runtime.settings import Settings, SettingsError
+from runtime.settings import Settings
 
 # The SDK reports request timings to Stripe and writes a machine id under ~/.config by
 # default; habla sends Stripe nothing it did not ask for.
@@ -68,11 +67,7 @@ class StripePayments(Payments):
     @classmethod
     def from_settings(cls, settings: Settings) -> StripePayments:
         c = settings.commerce
-        try:  # start-up, before serving: products sold at an existing Stripe Price
-            catalog = read_catalog(settings.path(c.catalog))
-            prices = {p.sku: p.stripe_price for p in catalog.products if p.stripe_price}
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
-            raise SettingsError([f"commerce.catalog (HABLA_CATALOG): {e}"]) from e
+        prices = catalog_ids(settings, "stripe_price")  # products sold at a Stripe Price
         return cls(
             prices=prices,
             api_key=c.stripe_key,
