@@ -13,13 +13,13 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
 
 from runtime.calls import CallLog
-from runtime.errors import MediaError, is_transient_status
+from runtime.errors import MediaError, PermanentError, is_transient_status
 from runtime.messages import InboundMessage
 from runtime.output import OutputChannel as OutputChannel  # the turn's seam, re-exported
 from runtime.settings import Settings
@@ -68,6 +68,14 @@ async def download(
         raise MediaError(f"media download failed: {type(e).__name__}", transient=True) from e
 
 
+async def _no_events(conversation_id: str) -> list[dict[str, Any]]:
+    return []
+
+
+async def _no_language(conversation_id: str, language: str) -> None:
+    raise PermanentError("this server keeps no conversation languages")
+
+
 @dataclass(frozen=True)
 class ChannelServices:
     """What a channel needs from the runtime, injected (no global lookups)."""
@@ -92,6 +100,10 @@ class ChannelServices:
     """The record of phone calls (runtime/calls.py)."""
     call_speech: Callable[[], CallSpeech | None]
     """Speech for streamed calls (None while speech-to-text or text-to-speech is off)."""
+    events: Callable[[str], Awaitable[list[dict[str, Any]]]] = _no_events
+    """A conversation's events as Rasa dicts (the inspector reads a turn from them)."""
+    set_language: Callable[[str, str], Awaitable[None]] = _no_language
+    """Set a conversation's language, sticky (as if the user had asked for it)."""
 
 
 class InputChannel(ABC):

@@ -276,6 +276,8 @@ class WhatsAppOutput(OutputChannel):
                 lambda: client.send_message(to, message),
                 attempts=self.settings.send.max_attempts,
                 backoff_s=self.settings.send.backoff_s,
+                family="channel",
+                provider="whatsapp",
             )
             return Delivery(ok=True, provider_id=wamid, attempts=attempts)
         except TransientError as e:

@@ -303,6 +303,8 @@ class TwilioOutput(OutputChannel):
                     functools.partial(self._create_once, _Attempt(), **params),
                     attempts=self.settings.send.max_attempts,
                     backoff_s=self.settings.send.backoff_s,
+                    family="channel",
+                    provider="twilio",
                 )
                 out.append(Delivery(ok=True, provider_id=sid, attempts=attempts))
             except TransientError as e:

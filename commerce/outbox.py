@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import metrics
 from runtime.errors import HablaError
 from runtime.retry import backoff_delay
 from runtime.sqlite import SQLite
@@ -142,6 +143,10 @@ class JobStore(ABC):
     async def due(self, now: float, limit: int = 50) -> list[Job]:
         """Pending jobs that are due and not leased, soonest first."""
 
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """How many jobs there are in each status (``habla_outbox_jobs``)."""
+
     async def close(self) -> None:
         return None
 
@@ -214,6 +219,10 @@ class SQLiteJobs(JobStore):
             (now, now),
         )
         return [Job.from_row(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
 
 
 class MongoJobs(JobStore):
@@ -304,6 +313,10 @@ class MongoJobs(JobStore):
         cursor = self.outbox.find(query, self.FIELDS).sort("next_at", 1).limit(int(limit))
         return [Job(**doc) async for doc in cursor]
 
+    async def counts(self) -> dict[str, int]:
+        pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {str(d["_id"]): int(d["n"]) async for d in self.outbox.aggregate(pipeline)}
+
 
 class Outbox:
     def __init__(
@@ -320,6 +333,9 @@ class Outbox:
         self.handlers: dict[str, Handler] = {}
         self.max_attempts, self.backoff_s, self.max_delay_s = max_attempts, backoff_s, max_delay_s
         self.lease_s, self.poll_s = lease_s, poll_s
+        self.providers: dict[str, str] = {}
+        """The provider a family's jobs go to when the job does not name one ("crm" →
+        "hubspot"): the label of ``habla_provider_retries_total``."""
         self.on_settled: Callable[[Job], Awaitable[None]] | None = None
         """Called for jobs the retry loop finished (done or failed): tell the user."""
         self._loop_task: asyncio.Task[None] | None = None
@@ -378,6 +394,9 @@ class Outbox:
             else:
                 delay = backoff_delay(attempts, self.backoff_s, self.max_delay_s, e.retry_after)
                 await self.store.retry(job.key, attempts, now + delay, str(e))
+                family = job.kind.partition(".")[0]
+                provider = job.payload.get("provider") or self.providers.get(family, "")
+                metrics.retried(family, str(provider))
                 logger.info(
                     "outbox: %s %s failed (%s); attempt %d of %d in %.1f s",
                     job.kind,
@@ -414,6 +433,10 @@ class Outbox:
 
     async def jobs(self, status: str = "", limit: int = 100) -> list[Job]:
         return await self.store.jobs(status, limit)
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by status (pending, done, failed)."""
+        return await self.store.counts()
 
     async def run_due(self) -> int:
         """Attempt every job that is due; how many were attempted."""

@@ -125,6 +125,10 @@ class Commerce:
         self.outbox.register("crm.note", self._crm_note)
         self.outbox.register("crm.lead", self._crm_lead)
         self.outbox.register("conversation.notify", self._notify)
+        if crm is not None:
+            self.outbox.providers["crm"] = crm.name
+        if self.payments is not None:
+            self.outbox.providers["payments"] = self.payments.name
         self.notifier: Callable[[Order, str, str], Awaitable[bool]] | None = None
         """Starts a turn about an order in its conversation (set by the server)."""
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +25,12 @@ from commerce.outbox import Job
 from commerce.webhook import PaymentWebhook
 from habla import wiring
 from habla.admin import AdminAPI
+from habla.dashboard import Dashboard
+from habla.metrics_api import MetricsEndpoint
 from i18n.translation import CachingTranslator
 from nlu.engine import Engine
+from nlu.switch import SwitchableEngine
+from runtime import logs, metrics
 from runtime.calls import CallLog
 from runtime.coordination import Coordination, EmbeddedCoordination, Inbox
 from runtime.dispatch import Dispatcher
@@ -58,6 +63,7 @@ class Runtime:
         self.db = wiring.database(settings)
         self.deliveries = wiring.build_delivery_log(settings, self.db)
         self.calls = CallLog(self.db)
+        self.analytics = wiring.build_analytics(settings, self.db)
         self._turn: Turn | None = None
         self.ready = asyncio.Event()  # set when the engine is loaded and turns can run
         self.loading: asyncio.Task[None] | None = None  # load(), when in the background
@@ -83,7 +89,7 @@ class Runtime:
         services = ChannelServices(
             settings=settings,
             accept=self.accept,
-            delivery_status=self.deliveries.status,
+            delivery_status=self.delivery_status,
             conversation_id=self.conversation_id,
             last_inbound=self.last_inbound,
             converse=self.converse,
@@ -91,8 +97,11 @@ class Runtime:
             responses=self.responses,
             calls=self.calls,
             call_speech=self.call_speech,
+            events=self.conversation_events,
+            set_language=self.set_language,
         )
         self._call_speech: CallSpeech | None = None
+        self.switch: SwitchableEngine | None = None  # what the turn's Dialogue calls
         self._domain_responses: dict[str, list[dict[str, Any]]] = {}
         self.channels: dict[str, InputChannel]
         self.channels, self.closed_channels = wiring.build_channels(settings, services)
@@ -131,10 +140,60 @@ class Runtime:
             self.commerce,
             self.calls,
         )
-        health = [web.get("/health", self.health)]
+        health = [web.get("/health", self.health)] + self._metrics_endpoint().routes()
         for hook in self.payment_webhooks:
             routes += hook.routes()
-        return health + routes + admin.routes() + self.media.routes()
+        dashboard = Dashboard(
+            self.settings.rest.admin_token,
+            self.analytics,
+            secure=self.settings.public_base.startswith("https://"),
+        )
+        return health + routes + admin.routes() + dashboard.routes() + self.media.routes()
+
+    def _metrics_endpoint(self) -> MetricsEndpoint:
+        """``/metrics``, with the gauges read from the stores when scraped."""
+        gauges = metrics.StoreGauges()
+        gauges.add(
+            "habla_outbox_jobs",
+            "CRM and payment writes in the outbox, by status (pending, done, failed).",
+            ["status"],
+            self._outbox_counts,
+        )
+        gauges.add(
+            "habla_inbox_pending_messages",
+            "Accepted messages whose turn has not ended (every server's, with Redis).",
+            [],
+            self._inbox_pending,
+        )
+        gauges.add(
+            "habla_calls_active",
+            "Phone calls in progress on this server's call log, by mode (gather, stream).",
+            ["mode"],
+            self._active_calls,
+        )
+        return MetricsEndpoint(self.settings.server.metrics_token, gauges)
+
+    async def _outbox_counts(self) -> dict[tuple[str, ...], float]:
+        counts = await self.commerce.outbox.counts()
+        return {(status,): float(n) for status, n in counts.items()}
+
+    async def _inbox_pending(self) -> dict[tuple[str, ...], float]:
+        return {(): float(await self.inbox.pending_count())} if self.stores is not None else {}
+
+    async def _active_calls(self) -> dict[tuple[str, ...], float]:
+        return {(mode,): float(n) for mode, n in (await self.calls.active()).items()}
+
+    async def delivery_status(
+        self, provider_id: str, status: str, error_code: str = "", error: str = ""
+    ) -> bool:
+        """A provider's status report on a reply: stored, counted, and (when this
+        process sent the reply) the rest of the callback's lines carry its turn id."""
+        turn = logs.turn_of_delivery(provider_id)
+        if turn:
+            logs.use_turn(turn)
+        metrics.delivery_status(status)
+        logger.debug("delivery status %s reported", status)
+        return await self.deliveries.status(provider_id, status, error_code, error)
 
     async def conversation_events(self, conversation_id: str) -> list[dict[str, Any]]:
         """Every event of a conversation (all sessions), for the operator API."""
@@ -178,10 +237,13 @@ class Runtime:
         """What a webhook needs to be accepted (stores, the inbox, channels, commerce):
         seconds. Messages accepted before :meth:`load` ends wait for it in the queue."""
         s = self.settings
+        # before any metric is written, and before engine workers start (they inherit it)
+        metrics.use_directory(metrics.server_directory(s.data_dir), clean=True)
         tracker_store = self._tracker_store = wiring.build_tracker_store(s, self.db)
         await tracker_store.setup()
         await self.deliveries.setup()
         await self.calls.setup()
+        await self.analytics.setup()  # after the stores' tables: it indexes the events
         self.stores = await wiring.build_coordination(s, self.db)
         await wiring.start_commerce(self.commerce, s, self.db)
         await self.media.start()
@@ -231,19 +293,8 @@ class Runtime:
         self._warmups = [
             asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
         ]
-        self._turn = await wiring.build_turn(
-            s,
-            wiring.TurnParts(
-                self.engine,
-                stores,
-                self.deliveries,
-                self.media,
-                self.translator,
-                self.stt,
-                self.tts,
-                self._domain_responses,
-            ),
-        )
+        self.switch = SwitchableEngine(self.engine)  # habla run --watch: reload()
+        self._turn = await self._build_turn(self._domain_responses)
         # one server alone (embedded): everything unfinished is its own, from before a
         # crash or stop; shared: what a dead server leased is claimed once its lease ends
         try:
@@ -256,6 +307,43 @@ class Runtime:
         await self.commerce.outbox.start()  # its retries may push events into turns
         self.ready.set()
         logger.info("engine loaded in %.1f s: ready", time.monotonic() - began)
+
+    async def _build_turn(self, responses: dict[str, list[dict[str, Any]]]) -> Turn:
+        assert self.stores is not None and self.switch is not None
+        parts = wiring.TurnParts(
+            self.switch,
+            self.stores,
+            self.deliveries,
+            self.media,
+            self.translator,
+            self.stt,
+            self.tts,
+            responses,
+        )
+        return await wiring.build_turn(self.settings, parts)
+
+    async def reload(self, model: Path) -> None:
+        """Serve ``model`` (``habla run --watch``, after the bot's files changed): it is
+        loaded beside the current engine while turns go on, then swapped in between
+        turns (:class:`SwitchableEngine`) with the domain's responses read again."""
+        s = self.settings
+        assert self.switch is not None, "load() first"
+        began = time.monotonic()
+        engine = wiring.build_engine(s, model, self.commerce)
+        await engine.load()
+        responses = await asyncio.to_thread(wiring.domain_responses, s.path(s.bot.dir))
+        turn = await self._build_turn(responses)
+        store = self._tracker_store
+
+        def switch_over() -> None:  # between turns: none is inside the engine
+            engine.bind_tracker_store(store)
+            self._domain_responses, self._turn, self.engine = responses, turn, engine
+
+        previous = await self.switch.swap(engine, switch_over)
+        if self._owns_engine:
+            await previous.close()
+        self._owns_engine = True
+        logger.info("now serving %s (loaded in %.1f s)", model.name, time.monotonic() - began)
 
     async def resume_pending(self, *, all_pending: bool = False) -> int:
         """Acknowledged messages whose turn never ended, because their server crashed or
@@ -352,11 +440,16 @@ class Runtime:
         dispatcher.submit(msg.conversation_id, run)
 
     async def accept(self, msg: InboundMessage, output: OutputChannel) -> bool:
-        if not await self.inbox.accept(msg):
-            return False
-        logger.debug("accepted %s from %s", msg.message_id, mask_phone(msg.sender))
-        self._queue(msg, output)
-        return True
+        token = logs.start_turn(msg)  # this line and its turn's carry one id
+        try:
+            if not await self.inbox.accept(msg):
+                logger.info("duplicate message on %s dropped", msg.channel)
+                return False
+            logger.info("message accepted on %s from %s", msg.channel, mask_phone(msg.sender))
+            self._queue(msg, output)
+            return True
+        finally:
+            logs.end_turn(token)
 
     async def converse(self, msg: InboundMessage, output: OutputChannel) -> TurnContext:
         """A turn the caller waits for (REST, calls): while the engine loads, it waits up
@@ -386,6 +479,12 @@ class Runtime:
             return None
         language, _ = await self.stores.languages.get(conversation_id)
         return language
+
+    async def set_language(self, conversation_id: str, language: str) -> None:
+        """A conversation's language, sticky (the inspector's language picker)."""
+        if self.stores is None:
+            raise RuntimeError("the runtime has not started")
+        await self.stores.languages.set(conversation_id, language, True)
 
     def responses(self, name: str) -> dict[str, str]:
         """A domain response's texts by language (the domain is read at start)."""
@@ -417,6 +516,7 @@ class Runtime:
         await self.media.close()
         await self.commerce.close()
         await self.deliveries.close()
+        await self.analytics.close()
         if hasattr(self._tracker_store, "close"):  # a client of its own (MongoDB)
             await self._tracker_store.close()
         if self.stores is not None:

@@ -27,8 +27,11 @@ from commerce.orders import OrderStore
 from commerce.outbox import MongoJobs
 from commerce.payments.base import Payments
 from commerce.service import Commerce
+from habla.analytics import Analytics
+from i18n import reviewed as reviewed_translations
 from i18n.detect import Detector
 from i18n.language import LanguagePolicy
+from i18n.reviewed import ReviewedTranslations
 from i18n.stages import AuthoredResponses, DetectLanguage, LocalizeReplies, TranslateForNLU
 from i18n.translation import CachingTranslator, Translator
 from nlu.actions import InProcessActionEndpoint
@@ -84,6 +87,29 @@ def _chosen(registry: Registry, name: str, base: type) -> Any:
 async def build_coordination(settings: Settings, db: SQLite) -> Coordination:
     cls = _load(providers.COORDINATION, settings.store.coordination, Coordination)
     return await cls.from_settings(settings, db)
+
+
+def build_analytics(settings: Settings, db: SQLite) -> Analytics:
+    """The operator's analytics: SQL on the embedded SQLite file (its own connection),
+    and the stores kept in MongoDB read from there; Redis's inbox and the memory
+    tracker store are named as left out."""
+    s, c = settings.store, settings.commerce
+    in_mongo = []
+    if s.tracker_store == "mongo":
+        in_mongo += ["events", "deliveries"]
+    if c.order_store == "mongo":
+        in_mongo += ["orders", "outbox"]
+    away = ["events"] if s.tracker_store not in ("sqlite", "mongo") else []
+    if s.coordination != "embedded":
+        away.append("inbox")
+    intents = [i.strip() for i in settings.rest.analytics_price_intents.split(",")]
+    return Analytics(
+        db.path,
+        price_intents=[i for i in intents if i],
+        unavailable=away,
+        mongo=motor_client(c.mongo_url)[c.mongo_database] if in_mongo else None,
+        in_mongo=in_mongo,
+    )
 
 
 def build_delivery_log(settings: Settings, db: SQLite) -> DeliveryLog:
@@ -309,6 +335,8 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
     detector = await asyncio.to_thread(build_detector, s)
     policy = LanguagePolicy(detector, languages, s.i18n.switch_confidence)
     authored = AuthoredResponses(dict(parts.responses))
+    files = await asyncio.to_thread(reviewed_translations.load_all, s.path(s.bot.dir))
+    reviewed = ReviewedTranslations(parts.responses, files, languages[0])
     nlu_languages = [code.strip() for code in s.i18n.nlu_languages.split(",") if code.strip()]
     retry = DeliveryPolicy(s.send.retry_window_s, s.send.retry_backoff_s)
     deliver = Deliver(parts.deliveries, c.choices, c.inbox, retry)
@@ -321,7 +349,7 @@ async def build_turn(settings: Settings, parts: TurnParts) -> Turn:
             ReplyMode(c.languages),
             TranslateForNLU(parts.translator, nlu_languages, languages[0]),
             Dialogue(parts.engine),
-            LocalizeReplies(parts.translator, authored, languages[0]),
+            LocalizeReplies(parts.translator, authored, languages[0], reviewed),
         ],
         deliver=[
             Speak(parts.tts, s.voice, parts.media, c.languages, parse_voices(s)),

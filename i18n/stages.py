@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from i18n.detect import Detection
 from i18n.language import LanguagePolicy
+from i18n.reviewed import ReviewedTranslations
 from runtime.errors import HablaError
 from runtime.messages import BotReply, Button, mask_phone
 from runtime.preferences import LanguageStore
@@ -58,7 +59,10 @@ class DetectLanguage:
             "detected": decision.detected,
             "confidence": round(decision.confidence, 3),
             "reason": decision.reason,
+            "previous": current,  # the conversation's language before this message
         }
+        if heard is not None:  # the speech engine's language of the voice note
+            record["heard"] = heard.language
         msg = replace(
             msg,
             slots={**msg.slots, "language": decision.language},
@@ -127,10 +131,19 @@ class AuthoredResponses:
 
 
 class LocalizeReplies:
+    """Replies without an authored variant in the turn's language: a reviewed
+    translation (``translations/<lang>.yml``, i18n/reviewed.py) first, else the
+    machine translation."""
+
     def __init__(
-        self, translator: Translates | None, authored: AuthoredResponses, default: str
+        self,
+        translator: Translates | None,
+        authored: AuthoredResponses,
+        default: str,
+        reviewed: ReviewedTranslations | None = None,
     ) -> None:
         self.translator, self.authored, self.default = translator, authored, default
+        self.reviewed = reviewed
         self._logged: set[tuple[str, str]] = set()
 
     async def __call__(self, ctx: TurnContext) -> TurnContext:
@@ -140,6 +153,8 @@ class LocalizeReplies:
         gaps = [
             i for i, r in enumerate(ctx.replies) if self.authored.needs_translation(r.text, lang)
         ]
+        if gaps and self.reviewed is not None:
+            ctx, gaps = self._use_reviewed(ctx, gaps, lang)
         if not gaps:
             return ctx
         if self.translator is None:
@@ -176,3 +191,21 @@ class LocalizeReplies:
                 custom=reply.custom,
             )
         return replace(ctx, replies=tuple(replies))
+
+    def _use_reviewed(
+        self, ctx: TurnContext, gaps: list[int], lang: str
+    ) -> tuple[TurnContext, list[int]]:
+        """Replace the replies a reviewed translation covers; the others are still gaps
+        (so are those with a button the translation does not name)."""
+        assert self.reviewed is not None
+        replies, left = list(ctx.replies), []
+        for i in gaps:
+            reply = replies[i]
+            found = self.reviewed.find(reply.text, lang, ctx.inbound.channel)
+            if found is None or any(b.payload not in found[0].titles for b in reply.buttons):
+                left.append(i)
+                continue
+            reviewed, text = found
+            buttons = tuple(Button(reviewed.titles[b.payload], b.payload) for b in reply.buttons)
+            replies[i] = replace(reply, text=text, buttons=buttons)
+        return replace(ctx, replies=tuple(replies)), left

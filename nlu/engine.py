@@ -110,7 +110,15 @@ class RasaEngine(Engine):
                 )
 
         self.agent = await asyncio.to_thread(load)
-        install_parse_cache(self.agent.processor, self.parse_cache)
+        from nlu import nlg  # (imports Rasa: after the load above)
+
+        nlg.install(self.agent)  # button payloads carrying JSON are not slot templates
+        from nlu.remote.base import has_remote_nlu
+
+        remote = has_remote_nlu(self.agent.processor)
+        install_parse_cache(self.agent.processor, self.parse_cache, by_language=remote)
+        if remote:  # its network call must not hold this event loop
+            parse_in_thread(self.agent.processor)
         logger.info("loaded model %s", self.model_path.name)
 
     def bind_services(self, dependencies: Mapping[str, object]) -> None:
@@ -184,6 +192,36 @@ class RasaEngine(Engine):
             for event in events:
                 tracker.update(event)
             await self.tracker_store.save(tracker)
+
+
+def parse_in_thread(processor: Any) -> None:
+    """Run ``processor``'s NLU graph in a worker thread.
+
+    Rasa 3.6 runs the graph synchronously inside the async ``parse_message``: fine for
+    local components (a few ms of CPU), not for a remote NLU provider (nlu/remote),
+    whose ``process`` waits on the network for up to its timeout. With one in the
+    model, the graph runs in ``asyncio.to_thread`` so the event loop (the server's, or
+    an engine worker's, which runs several conversations' turns) keeps going. The
+    rest is Rasa's ``parse_message`` as written (rasa/core/processor.py).
+    """
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    if getattr(processor, "http_interpreter", None):
+        return
+
+    async def parse_message(
+        message: Any, tracker: Any = None, only_output_properties: bool = True
+    ) -> dict[str, Any]:
+        if tracker is None:
+            tracker = DialogueStateTracker.from_events(message.sender_id, [])
+        parse_data: dict[str, Any] = await asyncio.to_thread(
+            processor._parse_message_with_graph, message, tracker, only_output_properties
+        )
+        processor._update_full_retrieval_intent(parse_data)
+        processor._check_for_unseen_features(parse_data)
+        return parse_data
+
+    processor.parse_message = parse_message
 
 
 @functools.cache

@@ -8,6 +8,8 @@ import os
 import sys
 import warnings
 
+from runtime.logs import formatter
+
 
 def quiet_imports() -> None:
     """Rasa's dependencies warn loudly at import; none of it is actionable by authors."""
@@ -20,19 +22,18 @@ def quiet_imports() -> None:
     warnings.filterwarnings("ignore", message="Deprecated API features detected")
 
 
-def configure_logging(level: str, import_rasa: bool = True) -> None:
-    """One log format; Rasa's noise quieted. ``import_rasa``: import TensorFlow, Keras
-    and Rasa's agent now (12 s here), recording what they warn. The server leaves them
-    to its engine's background load, so it listens for webhooks in seconds."""
+def configure_logging(level: str, import_rasa: bool = True, fmt: str = "text") -> None:
+    """One log format (``fmt``: text, or json lines; runtime/logs.py); Rasa's noise
+    quieted. ``import_rasa``: import TensorFlow, Keras and Rasa's agent now (12 s
+    here), recording what they warn. The server leaves them to its engine's background
+    load, so it listens for webhooks in seconds."""
     quiet_imports()
     if import_rasa:
         load_rasa()
 
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
     noisy = ("rasa", "tensorflow", "absl", "matplotlib", "urllib3", "twilio.http_client")
     quiet = max(logging.WARNING, logging.getLogger().level)
     for name in noisy:

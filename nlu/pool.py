@@ -22,6 +22,7 @@ import multiprocessing
 import pickle
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nlu.engine import Engine
+from runtime import logs, metrics
 from runtime.errors import PermanentError, TransientError, classify
 from runtime.messages import BotReply, InboundMessage
 from runtime.settings import Settings
@@ -76,7 +78,8 @@ def worker_main(
 
     # Ctrl-C reaches the whole process group: the server finishes its turns, then stops us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(settings.server.log_level)
+    configure_logging(settings.server.log_level, fmt=settings.server.log_format)
+    metrics.join_from_environment()  # the server's metrics folder (inherited)
     asyncio.run(_serve(sock, settings, Path(model_path), setup))
 
 
@@ -84,10 +87,10 @@ async def _serve(
     sock: socket.socket, settings: Settings, model_path: Path, setup: WorkerSetup
 ) -> None:
     async with setup(settings, model_path) as engine:
-        await _answer(sock, engine)
+        await _answer(sock, engine, multiprocessing.current_process().name.rpartition("-")[2])
 
 
-async def _answer(sock: socket.socket, engine: Engine) -> None:
+async def _answer(sock: socket.socket, engine: Engine, worker: str = "0") -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     await _write(writer, ("ready", True, None))
     ops: dict[str, Callable[[Any], Awaitable[Any]]] = {
@@ -95,19 +98,28 @@ async def _answer(sock: socket.socket, engine: Engine) -> None:
     }
     running: set[asyncio.Task[None]] = set()
 
-    async def run(call_id: int, op: str, arg: Any) -> None:
+    in_progress = metrics.ENGINE_IN_PROGRESS.labels(worker)
+    seconds = metrics.ENGINE_SECONDS.labels(worker)
+
+    async def run(call_id: int, op: str, arg: Any, turn: str) -> None:
+        logs.use_turn(turn)  # (this task's own context) the server's turn id
+        in_progress.inc()
+        began = time.perf_counter()
         try:
             frame = (call_id, True, await ops[op](arg))
+            seconds.observe(time.perf_counter() - began)
         except Exception as e:
             logger.exception("engine worker: %s failed", op)
             frame = (call_id, False, (f"{type(e).__name__}: {e}", classify(e).transient))
+        finally:
+            in_progress.dec()
         await _write(writer, frame)
 
     while (frame := await _read(reader)) is not None:
-        call_id, op, arg = frame
+        call_id, op, arg, turn = frame
         if op == "stop":
             break
-        task = asyncio.create_task(run(call_id, op, arg))
+        task = asyncio.create_task(run(call_id, op, arg, turn))
         running.add(task)
         task.add_done_callback(running.discard)
     await asyncio.gather(*running, return_exceptions=True)
@@ -163,6 +175,8 @@ class _Worker:
                 error = EngineWorkerGone(reason) if transient else EngineWorkerError(reason)
                 future.set_exception(error)
         self.writer = None
+        if self.process is not None:  # its live gauges leave the sum (a restart's pid is new)
+            metrics.process_gone(self.process.pid)
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(EngineWorkerGone(f"engine worker {self.index} exited"))
@@ -179,13 +193,13 @@ class _Worker:
         call_id = next(self.ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[call_id] = future
-        await _write(self.writer, (call_id, op, arg))
+        await _write(self.writer, (call_id, op, arg, logs.current_turn()))
         return await future
 
     async def stop(self) -> None:
         if self.writer is not None:
             try:
-                await _write(self.writer, (0, "stop", None))
+                await _write(self.writer, (0, "stop", None, ""))
             except ConnectionError:
                 pass
         if self.process is not None:

@@ -123,6 +123,16 @@ class CallLog:
             )
         return [Call(*row) for row in rows]
 
+    async def active(self, max_age_s: float = 4 * 3600) -> dict[str, int]:
+        """Calls in progress by mode (no final status yet; a call older than Twilio's
+        longest, 4 hours, whose final status never came, is not counted)."""
+        rows = await self.db.fetchall(
+            "SELECT mode, COUNT(*) FROM calls WHERE ended_at IS NULL AND started_at >= ? "
+            f"AND status NOT IN ({', '.join('?' * len(FINAL))}) GROUP BY mode",
+            (time.time() - max_age_s, *FINAL),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
     async def voice_minutes(self, since: float = 0.0) -> float:
         """Minutes of calls Twilio reported as ended since ``since`` (epoch seconds)."""
         row = await self.db.fetchone(

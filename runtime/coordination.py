@@ -243,6 +243,11 @@ class Inbox(ABC):
         """Whether an earlier message of the conversation has replies waiting to be
         delivered (so this one's must wait behind them, in order)."""
 
+    @abstractmethod
+    async def pending_count(self) -> int:
+        """Accepted messages whose turn has not ended (every server's, when shared):
+        ``habla_inbox_pending_messages``."""
+
     async def close(self) -> None:
         return None
 
@@ -418,6 +423,10 @@ class SQLiteInbox(Inbox):
         )
         return row is not None
 
+    async def pending_count(self) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM inbox WHERE status = 'pending'")
+        return int(row[0]) if row else 0
+
 
 # Redis: accepting is one script (seen + pending + lease + last inbound), so a crash
 # between the writes cannot lose a message that was acknowledged.
@@ -577,6 +586,9 @@ class RedisInbox(Inbox):
 
     def _waiting(self, msg: InboundMessage) -> str:
         return f"{self.prefix}:waiting:{msg.conversation_id}"
+
+    async def pending_count(self) -> int:
+        return int(await self.redis.hlen(self._pending))
 
     async def close(self) -> None:
         await self.redis.close()

@@ -7,6 +7,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from runtime import metrics
 from runtime.errors import HablaError, PermanentError, TransientError
 
 T = TypeVar("T")
@@ -31,11 +32,14 @@ async def with_retries(
     attempts: int,
     backoff_s: float,
     max_delay_s: float = 30.0,
+    family: str = "",
+    provider: str = "",
 ) -> tuple[T, int]:
     """Run ``call`` until it succeeds, raising the last error after ``attempts``.
 
-    Only transient :class:`HablaError`\\ s are retried. Returns the result and the
-    number of attempts it took.
+    Only transient :class:`HablaError`\\ s are retried; each retry is counted in
+    ``habla_provider_retries_total`` under ``family`` (channel, crm, ...) and
+    ``provider``. Returns the result and the number of attempts it took.
     """
     for attempt in range(1, attempts + 1):
         try:
@@ -43,5 +47,6 @@ async def with_retries(
         except HablaError as e:
             if not e.transient or attempt == attempts:
                 raise
+            metrics.retried(family, provider)
             await asyncio.sleep(backoff_delay(attempt, backoff_s, max_delay_s, e.retry_after))
     raise AssertionError("unreachable")

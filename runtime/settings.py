@@ -83,6 +83,21 @@ class ServerSettings:
         "Logging level.",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
+    log_format: str = setting(
+        "text",
+        "HABLA_LOG_FORMAT",
+        "text: one readable line per event; json: one JSON object per line (time, level, "
+        "logger, message, and turn: the id that ties a webhook to its replies and their "
+        "status callbacks). Phone numbers are masked in both.",
+        choices=("text", "json"),
+    )
+    metrics_token: str = setting(
+        "",
+        "HABLA_METRICS_TOKEN",
+        "Bearer token Prometheus presents to scrape /metrics (a scrape config's "
+        "authorization: credentials_file). Unset: /metrics answers 403.",
+        secret=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -460,8 +475,15 @@ class RestSettings:
         "",
         "HABLA_ADMIN_TOKEN",
         "Bearer token for the operator API (/api/conversations/<id>: messages and "
-        "delivery statuses). Unset: the operator API answers 403.",
+        "delivery statuses; /api/analytics) and the login of the analytics page /admin. "
+        "Unset: the operator API and /admin answer 403.",
         secret=True,
+    )
+    analytics_price_intents: str = setting(
+        "ask_price",
+        "HABLA_ANALYTICS_PRICE_INTENTS",
+        "Comma-separated intents that count as 'asked a price', the first step of the "
+        "sales funnel on /admin and in GET /api/analytics.",
     )
 
 

@@ -50,6 +50,20 @@ class SQLite:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the database thread in a read transaction: one
+        consistent snapshot that takes no write lock (WAL: writers go on meanwhile)."""
+
+        def job() -> T:
+            conn = self._connect()
+            conn.execute("BEGIN DEFERRED")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         return await self.run(lambda c: c.execute(sql, tuple(params)).rowcount)
 

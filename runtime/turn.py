@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
+from runtime import logs, metrics
 from runtime.coordination import Answer, Choices, ConversationLocks, Inbox
 from runtime.deliveries import DeliveryLog
 from runtime.errors import HablaError, classify
@@ -272,6 +273,7 @@ class Deliver:
             sent = await ctx.output.send(msg, reply)
             retry = [d for d in sent if not d.ok and d.transient]
             if retry and not self._given_up(answer):
+                metrics.delivered(msg.channel, "deferred")
                 raise self._deferral(answer, index, retry[0].error)
             # the reply is out: its progress first (one Redis write, so a crash now does
             # not send it again), then its record. From here a failing store must not
@@ -318,7 +320,13 @@ class Deliver:
         return deliveries
 
     async def _record(self, ctx: TurnContext, reply: BotReply, delivery: Delivery) -> None:
-        await self.log.record(ctx.inbound.channel, ctx.inbound.conversation_id, reply, delivery)
+        msg = ctx.inbound
+        metrics.delivered(msg.channel, "sent" if delivery.ok else "failed")
+        if delivery.ok:
+            logs.remember_delivery(delivery.provider_id)
+            # (not the provider's message id: a WhatsApp id encodes the recipient's number)
+            logger.info("reply sent to %s on %s", mask_phone(msg.conversation_id), msg.channel)
+        await self.log.record(msg.channel, msg.conversation_id, reply, delivery)
         if not delivery.ok:
             logger.error(
                 "reply to %s not delivered after %d attempts: %s",
@@ -392,20 +400,32 @@ class Turn:
         ctx = TurnContext(inbound=msg, output=output)
         state = _Run(patient=patient)
         status: str | None = "failed"
+        outcome: str | None = "failed"
+        began = time.perf_counter()
+        token = logs.start_turn(msg)
+        progress = metrics.TURNS_IN_PROGRESS.labels(msg.channel)
+        progress.inc()
         try:
             ctx = await self._with_lock(ctx, state)
             status = None if state.postponed else "failed" if ctx.failed else "done"
+            outcome = _outcome(ctx, state)
         except WaitInLine:
-            status = None
+            status = outcome = None  # it runs again, after what is queued before it
             raise
         except asyncio.CancelledError:
             # the server stops: the message stays pending and is resumed (here after a
             # restart, or by another server); if the dialogue had already taken it in,
             # the resumed turn sends that answer instead of running it again
-            status = None
+            status, outcome = None, "cancelled"
             raise
         finally:
-            await self._settle(msg, state, status)
+            progress.dec()
+            try:
+                await self._settle(msg, state, status)
+            finally:
+                if outcome is not None:
+                    metrics.turn_ended(msg.channel, outcome, time.perf_counter() - began)
+                logs.end_turn(token)
         return ctx
 
     async def _settle(self, msg: InboundMessage, state: _Run, status: str | None) -> None:
@@ -540,15 +560,24 @@ class Turn:
         """Understand and answer one message under the conversation's lock, without
         delivering (a phone call streams the replies itself). The inbox is not touched."""
         ctx = TurnContext(inbound=msg, output=output)
+        began = time.perf_counter()
+        token = logs.start_turn(msg)
+        outcome = "failed"
         try:
             async with self.locks.lock(msg.conversation_id):
-                return await self._stages(self.answer_stages, ctx, _Run())
+                ctx = await self._stages(self.answer_stages, ctx, _Run())
+                outcome = "answered"
+                return ctx
         except _StageFailed as e:
             ctx = e.ctx
         except asyncio.CancelledError:
+            outcome = "cancelled"  # the caller spoke over it, or hung up
             raise
         except Exception:
             logger.exception("answer failed for %s", mask_phone(msg.conversation_id))
+        finally:
+            metrics.turn_ended(msg.channel, outcome, time.perf_counter() - began)
+            logs.end_turn(token)
         return replace(ctx, failed=True, replies=await self._error_replies(ctx))
 
     async def _stages(self, stages: list[Stage], ctx: TurnContext, state: _Run) -> TurnContext:
@@ -557,6 +586,11 @@ class Turn:
         return ctx
 
     async def _stage(self, stage: Stage, ctx: TurnContext, state: _Run) -> TurnContext:
+        """One stage, timed once here for every stage (``habla_turn_stage_duration_seconds``)."""
+        with metrics.stage_timer(type(stage).__name__):
+            return await self._attempts(stage, ctx)
+
+    async def _attempts(self, stage: Stage, ctx: TurnContext) -> TurnContext:
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return await stage(ctx)
@@ -615,6 +649,17 @@ class Turn:
                     "the error reply to %s was not sent", mask_phone(ctx.inbound.conversation_id)
                 )
         return ctx
+
+
+def _outcome(ctx: TurnContext, state: _Run) -> str:
+    """How a turn ended, for ``habla_turns_total``."""
+    if state.answered_elsewhere:
+        return "elsewhere"
+    if state.deferred is not None:
+        return "deferred"
+    if state.postponed:
+        return "postponed"
+    return "failed" if ctx.failed else "answered"
 
 
 SETTLE_ATTEMPTS = 6

@@ -13,6 +13,7 @@ from habla.wiring import worker_engine
 from nlu.engine import RasaEngine
 from nlu.parse_cache import install_parse_cache
 from nlu.pool import WorkerPoolEngine
+from runtime import metrics
 from runtime.messages import InboundMessage
 from runtime.settings import load_settings
 from tests.conftest import base_env
@@ -58,6 +59,9 @@ async def test_worker_processes_run_turns_and_keep_each_conversation_on_one(
 ) -> None:
     env = base_env(tmp_path / "data") | {"HABLA_MODEL": str(model_path)}
     settings = load_settings(env=env)
+    # the workers write their metrics to this process's folder (multi-process mode)
+    metrics.use_directory(metrics.server_directory(settings.data_dir), clean=True)
+    before = await handled_in_workers()
     pool = WorkerPoolEngine(model_path, settings, 2, worker_engine)
     await pool.load()
     try:
@@ -78,6 +82,21 @@ async def test_worker_processes_run_turns_and_keep_each_conversation_on_one(
         replies = await say("a", "when are you open?")
         assert "Monday" in replies[0].text
         assert victim.process.pid not in pids
+        # every worker's turns are added up, the killed one's too
+        assert await handled_in_workers() - before == 4
     finally:
         await pool.close()
     assert all(not w.process.is_alive() for w in pool.workers)
+
+
+async def handled_in_workers() -> float:
+    """``habla_engine_handle_duration_seconds_count``, summed over the workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await metrics.exposition()).decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "habla_engine_handle_duration_seconds_count"
+    )

@@ -78,11 +78,11 @@ class PhoneSpeech:
         return SegmentingListener(self.min_speech_ms, self.min_silence_ms)
 
     async def transcribe(self, utterance: Utterance, languages: Sequence[str]) -> Heard:
-        transcript = await self.stt.transcribe(wav16k(utterance.pcm16k), "audio/wav", languages)
+        transcript = await self.stt.measured(wav16k(utterance.pcm16k), "audio/wav", languages)
         return Heard(transcript.text.strip(), transcript.language or "", transcript.confidence)
 
     async def speak(self, text: str, language: str) -> list[bytes]:
-        speech = await self.tts.synthesize(text, language, self.voices.get(language, ""))
+        speech = await self.tts.measured(text, language, self.voices.get(language, ""))
         try:
             samples, _ = await asyncio.to_thread(
                 decode_to_pcm16k, speech.audio, speech.content_type

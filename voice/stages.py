@@ -117,7 +117,7 @@ class Transcribe:
         current, _ = await self.store.get(ctx.inbound.conversation_id)
         languages = sorted(self.languages, key=lambda c: c != current)
         try:
-            transcript = await self.stt.transcribe(data, content_type, languages)
+            transcript = await self.stt.measured(data, content_type, languages)
         except AudioError as e:
             raise _Unusable(f"unreadable audio: {e}", retry=False) from e
         except SpeechError as e:  # an outage: worth saying again; bad audio: not
@@ -225,7 +225,7 @@ class Speak:
             return ctx
         language = ctx.language or "en"
         try:
-            speech = await self.tts.synthesize(text, language, self.voices.get(language, ""))
+            speech = await self.tts.measured(text, language, self.voices.get(language, ""))
             audio = await self._host(ctx, speech.audio, speech.content_type)
         except (SpeechError, MediaError) as e:
             logger.warning("voice reply not made (%s); replying in text", e)

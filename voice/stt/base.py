@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from runtime import metrics
 from runtime.errors import SpeechError as SpeechError  # re-exported for adapters
 from runtime.settings import Settings
 
@@ -46,3 +48,17 @@ class SpeechToText(ABC):
         ``languages`` are the bot's languages as ISO 639-1 codes, most likely first;
         engines restrict or bias language identification to them.
         """
+
+    async def measured(
+        self, audio: bytes, content_type: str, languages: Sequence[str]
+    ) -> Transcript:
+        """:meth:`transcribe`, timed and counted (``habla_speech_*{kind="stt"}``):
+        what the voice-note stage and calls call."""
+        began = time.perf_counter()
+        try:
+            transcript = await self.transcribe(audio, content_type, languages)
+        except Exception:
+            metrics.speech_failed("stt", self.name)
+            raise
+        metrics.speech("stt", self.name, time.perf_counter() - began, transcript.duration_s)
+        return transcript

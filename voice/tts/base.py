@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from runtime import metrics
 from runtime.settings import Settings, language_map
 
 
@@ -43,3 +45,15 @@ class TextToSpeech(ABC):
     async def synthesize(self, text: str, language: str, voice: str = "") -> Speech:
         """Speak ``text`` in ``language`` (ISO 639-1); ``voice`` overrides the default
         voice for that language (an engine-specific name). Raises SpeechError."""
+
+    async def measured(self, text: str, language: str, voice: str = "") -> Speech:
+        """:meth:`synthesize`, timed and counted (``habla_speech_*{kind="tts"}``):
+        what the voice-reply stage and calls call."""
+        began = time.perf_counter()
+        try:
+            speech = await self.synthesize(text, language, voice)
+        except Exception:
+            metrics.speech_failed("tts", self.name)
+            raise
+        metrics.speech("tts", self.name, time.perf_counter() - began, speech.duration_s)
+        return speech
