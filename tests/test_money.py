@@ -105,6 +105,8 @@ async def test_yen_are_shown_charged_and_sent_to_the_crm_without_decimals(jpy_sh
 class RecordingCRM:
     """Keeps the deals it is given (the two calls ``Commerce._crm_order`` makes)."""
 
+    name = "recording"
+
     def __init__(self) -> None:
         self.deals: list[Deal] = []
 
