@@ -116,7 +116,7 @@ class RasaEngine(Engine):
         from nlu.remote.base import has_remote_nlu
 
         remote = has_remote_nlu(self.agent.processor)
-        install_parse_cache(self.agent.processor, self.parse_cache, by_language=remote)
+        install_parse_cache(self.agent.processor, self.parse_cache)
         if remote:  # its network call must not hold this event loop
             parse_in_thread(self.agent.processor)
         logger.info("loaded model %s", self.model_path.name)

@@ -151,7 +151,8 @@ class EngineSettings:
         4096,
         "HABLA_PARSE_CACHE",
         'NLU results kept for repeated message texts ("hi", "1", "ok"), per engine '
-        "process; 0 disables. Safe with Rasa's NLU components, which read only the text.",
+        "process; 0 disables. Keyed by the text, the turn's language and the sender's "
+        "country (what the system entities read); results with a time are not kept.",
     )
     flat_history: bool = setting(
         True,

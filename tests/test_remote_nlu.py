@@ -489,7 +489,7 @@ async def test_the_nlu_graph_runs_off_the_event_loop_and_failures_are_not_cached
         return {"text": message.text, "intent": {"name": "greet"}, "nlu_provider": dict(outcome)}
 
     p = _Processor(parse)
-    install_parse_cache(p, size=8, by_language=True)
+    install_parse_cache(p, size=8)
     parse_in_thread(p)
     loop_thread = threading.get_ident()
 
