@@ -8,6 +8,7 @@ set slots the dialogue can branch on:
     checkout_status  link_sent | pending (provider down: the link follows) | failed
     crm_status       success | pending (will retry) | failed
     order_id         the order the conversation is about
+    asked            the question just asked: checkout | handoff | product | unset
 
 Replies are domain responses (``utter_checkout_link``, ``utter_payment_succeeded``...)
 with one variation per language, so every sentence stays authored in domain.yml.
@@ -101,8 +102,24 @@ async def _product(service: Commerce, tracker: Tracker) -> tuple[Catalog | None,
     return catalog, product
 
 
+def asked(question: str | None) -> EventType:
+    """What the action just asked the user, for the rules that take "yes" and "no" as
+    its answer (the ``asked`` slot: checkout, handoff, product; None: nothing asked)."""
+    return SlotSet("asked", question)
+
+
+# A subscription's confirmation says how often it is charged (catalog.yml ``recurring``).
+CONFIRM_RESPONSES = {
+    "month": "utter_confirm_subscription",
+    "year": "utter_confirm_subscription_yearly",
+}
+
+
 class ActionOrderSummary(UsesCommerce, Action):
-    """Before taking payment: what it costs, and whether to send the link."""
+    """Before taking payment: what it costs, and whether to send the link.
+
+    The product is the ``product`` slot: named in this message, or the one the
+    conversation was about ("how much is the mug?" ... "I want to buy it")."""
 
     def name(self) -> str:
         return "action_order_summary"
@@ -113,15 +130,14 @@ class ActionOrderSummary(UsesCommerce, Action):
         catalog, product = await _product(await self.service(), tracker)
         if catalog is None or product is None:
             dispatcher.utter_message(response="utter_which_product_to_buy")
-            return [SlotSet("product", None)]
+            return [SlotSet("product", None), asked("product")]
         unit = catalog.minor(product.price)
-        response = "utter_confirm_subscription" if product.recurring else "utter_confirm_order"
         dispatcher.utter_message(
-            response=response,
+            response=CONFIRM_RESPONSES.get(product.recurring, "utter_confirm_order"),
             product_name=display_name(product, language(tracker)),
             **money(unit, catalog.currency, language(tracker)),
         )
-        return []
+        return [SlotSet("product", product.name), asked("checkout")]
 
 
 class ActionCheckout(UsesCommerce, Action):
@@ -136,12 +152,12 @@ class ActionCheckout(UsesCommerce, Action):
         catalog, product = await _product(await self.service(), tracker)
         if catalog is None or product is None:
             dispatcher.utter_message(response="utter_which_product_to_buy")
-            return [SlotSet("product", None)]
+            return [SlotSet("product", None), asked(None)]
         service = await self.service()
         buyer = customer(tracker)
         if not buyer.can_receive_messages:  # a caller with no WhatsApp to send the link to
             dispatcher.utter_message(response="utter_checkout_needs_messages")
-            return [SlotSet("product", None)]
+            return [SlotSet("product", None), asked(None)]
         confirmation = str(tracker.latest_message.get("message_id") or len(tracker.events))
         order, status = await service.place_order(buyer, product, 1, confirmation)
         variables = order_variables(order, language(tracker))
@@ -157,6 +173,7 @@ class ActionCheckout(UsesCommerce, Action):
             SlotSet("order_id", order.order_id),
             SlotSet("checkout_status", status),
             SlotSet("product", None),
+            asked(None),
         ]
 
 
@@ -205,8 +222,8 @@ class ActionRefund(UsesCommerce, Action):
         orders = await service.orders.for_conversation(tracker.sender_id)
         paid = [o for o in orders if o.status == "paid"]
         if not paid:
-            dispatcher.utter_message(response="utter_no_order_to_refund")
-            return []
+            dispatcher.utter_message(response="utter_no_order_to_refund")  # offers a person
+            return [asked("handoff")]
         order = max(paid, key=lambda o: o.updated_at)
         reason = str(tracker.latest_message.get("text") or "requested by customer")[:500]
         status = await service.request_refund(order, reason)
@@ -215,7 +232,7 @@ class ActionRefund(UsesCommerce, Action):
             dispatcher.utter_message(response="utter_refund_failed", **variables)
         else:
             dispatcher.utter_message(response="utter_refund_requested", **variables)
-        return [SlotSet("order_id", order.order_id)]
+        return [SlotSet("order_id", order.order_id), asked(None)]
 
 
 class CrmAction(UsesCommerce, Action, ABC):

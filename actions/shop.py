@@ -28,7 +28,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from actions.commerce import language, money, order_variables
+from actions.commerce import asked, language, money, order_variables
 from actions.services import UsesCommerce
 from commerce.catalog import display_name, load_catalog
 from commerce.orders import STATUSES, Order
@@ -65,6 +65,10 @@ def _with_article(name: str) -> str:
     return f"{article} {name}"
 
 
+# A subscription's price says how often it is charged (catalog.yml ``recurring``).
+PRICE_RESPONSES = {"month": "utter_price_monthly", "year": "utter_price_yearly"}
+
+
 class ActionProductPrice(Action):
     """Tell the user the price of a product, or offer the product list."""
 
@@ -84,25 +88,22 @@ class ActionProductPrice(Action):
             dispatcher.utter_message(response="utter_default")
             return []
 
-        # Prefer the entity in the latest message; the slot covers values set
-        # some other way (e.g. by a button payload or another action).
+        # Only a product named in this message (or its tapped button): "how much is a
+        # scarf" with no product recognised must not answer with an earlier product.
         requested = next(tracker.get_latest_entity_values("product"), None)
-        if requested is None:
-            requested = tracker.get_slot("product")
 
         product = catalog.find_product(str(requested)) if requested else None
         if product is not None:
             amounts = money(catalog.minor(product.price), catalog.currency, language(tracker))
             dispatcher.utter_message(
-                response="utter_price",
+                response=PRICE_RESPONSES.get(product.recurring, "utter_price"),
                 article_product=_with_article(product.name),
                 product_name=display_name(product, language(tracker)),
                 price=amounts["amount"],
                 price_comma=amounts["amount_comma"],
             )
-            # Clear the slot so a later "how much is a scarf" (no entity found)
-            # doesn't get this product's price again.
-            return [SlotSet("product", None)]
+            # Remembered: "I want to buy it" next buys this product (action_order_summary).
+            return [SlotSet("product", product.name)]
 
         buttons = [
             {
@@ -182,7 +183,7 @@ class ActionOrderStatus(UsesCommerce, Action):
         number = normalize_order_number(str(raw_number)) if raw_number else None
         if number is None:
             dispatcher.utter_message(response="utter_ask_order_number")
-            return [SlotSet("order_number", None)]
+            return [SlotSet("order_number", None), asked(None)]
 
         catalog = await load_catalog()
         sample = catalog.find_order(number) if catalog is not None else None
@@ -193,16 +194,18 @@ class ActionOrderStatus(UsesCommerce, Action):
                 raise
             logger.exception("order store unavailable: %s answered from the catalog", number)
             placed = None
+        question = None
         if placed is not None:
             response, variables = _placed_order_response(placed, tracker)
             dispatcher.utter_message(response=response, **variables)
         elif sample is None:
             # utter_order_not_found offers a person (buttons in domain.yml).
             dispatcher.utter_message(response="utter_order_not_found", order_id=number)
+            question = "handoff"
         else:
             response, variables = _order_status_response(number, sample)
             dispatcher.utter_message(response=response, **variables)
-        return [SlotSet("order_number", None)]
+        return [SlotSet("order_number", None), asked(question)]
 
 
 async def _placed_order(service: Commerce, number: str) -> Order | None:
