@@ -188,6 +188,12 @@ class _Actual:
     entities: tuple[tuple[str, str], ...]
     language: str
     actions: list[tuple[str, list[str]]]  # (action, the texts the user got from it)
+    system: tuple[tuple[str, str], ...] = ()  # system entities and sentiment
+
+
+SYSTEM_EXTRACTORS = frozenset({"SystemEntityExtractor", "SentimentAnalyzer"})
+"""Extractors that read every message (nlu/system_entities.py, nlu/sentiment.py): what
+they found is compared only when the story names their entities."""
 
 
 def _turns(steps: Sequence[Step]) -> list[tuple[Step, list[Step]]]:
@@ -240,6 +246,7 @@ async def run_story(runtime: Any, story: Story) -> StoryResult:
 
 def _actual(events: list[dict[str, Any]], sent: list[BotReply], language: str) -> _Actual:
     intent, entities = "", tuple[tuple[str, str], ...]()
+    system = tuple[tuple[str, str], ...]()
     actions: list[tuple[str, list[str]]] = []
     uttered = 0
     for event in events:
@@ -247,10 +254,16 @@ def _actual(events: list[dict[str, Any]], sent: list[BotReply], language: str) -
         if kind == "user":
             parse = event.get("parse_data") or {}
             intent = str((parse.get("intent") or {}).get("name") or "")
-            entities = tuple(
-                sorted(
-                    (str(e.get("entity")), str(e.get("value"))) for e in parse.get("entities") or []
+            found = [e for e in parse.get("entities") or [] if isinstance(e, dict)]
+            entities, system = (
+                tuple(
+                    sorted(
+                        (str(e.get("entity")), str(e.get("value")))
+                        for e in found
+                        if (e.get("extractor") in SYSTEM_EXTRACTORS) == of_system
+                    )
                 )
+                for of_system in (False, True)
             )
         elif kind == "action" and event.get("name") not in SKIPPED_ACTIONS:
             actions.append((str(event.get("name")), []))
@@ -260,7 +273,7 @@ def _actual(events: list[dict[str, Any]], sent: list[BotReply], language: str) -
             uttered += 1
             if actions:
                 actions[-1][1].append(" ".join(text.split()))
-    return _Actual(intent, entities, language, actions)
+    return _Actual(intent, entities, language, actions, system)
 
 
 def _compare(
@@ -273,7 +286,9 @@ def _compare(
         return diverged("intent", user.intent, actual.intent or "(none)")
     if user.entities is not None:
         by_name = any(not v for _, v in user.entities)  # [x](entity): the name only
-        got = tuple(sorted((n, "" if by_name else v) for n, v in actual.entities))
+        named = {n for n, _ in user.entities}
+        found = actual.entities + tuple(e for e in actual.system if e[0] in named)
+        got = tuple(sorted((n, "" if by_name else v) for n, v in found))
         want = tuple(sorted((n, "" if by_name else v) for n, v in user.entities))
         if got != want:
             return diverged("entities", _fmt(user.entities), _fmt(actual.entities))

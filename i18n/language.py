@@ -62,7 +62,9 @@ _LEAD = (
 )
 _TAIL = r"(?:[, ]+(?:please|pls|por favor|porfa))?\s*[.!?]*"
 _NOISE = re.compile(
-    r"https?://\S+|www\.\S+|\S+@\S+\.\w+|\b[A-Za-z]{1,3}[-\s]?\d{3,}\b|[\d.,:;/+\-#%€$£]+",
+    r"https?://\S+|www\.\S+|\S+@\S+\.\w+|\b[A-Za-z]{1,3}[-\s]?\d{3,}\b|"
+    r"\b(?=[^\W_]*\d)[^\W_]+\b|"  # a word with a digit in it: a code (hb7cf3710bb9)
+    r"[\d.,:;/+\-#%€$£]+",
 )
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 

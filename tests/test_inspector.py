@@ -168,7 +168,8 @@ async def test_a_text_turn_shows_the_turn_and_three_previews(
     assert turn["bot"][0].startswith("Hi!") and turn["buttons"][:2] == ["Opening hours", "Shipping"]
     assert re.fullmatch(r"greet \((0\.\d+|1)\)", turn["intent"]), turn["intent"]
     assert turn["language"].startswith("en: set (")  # the first message names the language
-    assert turn["slots"] == "none"  # the language slot starts as en (domain.yml)
+    # the language slot starts as en (domain.yml); each typed message's sentiment is set
+    assert turn["slots"] == 'sentiment: ∅ → "neutral"', turn["slots"]
     assert "utter_greet" in turn["actions"]
     # one reply, as each channel renders it (channels/twilio.py, graph.py, call_text.py)
     assert "1. Opening hours\n2. Shipping\n3. Talk to a person" in turn["twilio"][0]
