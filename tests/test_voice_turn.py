@@ -196,8 +196,11 @@ async def test_portuguese_voice_note_over_the_cloud_api(
     audio = [m for m in sent if m["type"] == "audio"]
     texts = [m["text"]["body"] for m in sent if m["type"] == "text"]
     assert len(audio) == 1 and audio[0]["audio"]["link"].startswith(PUBLIC_URL + "/media/")
-    # a sentence about sand is not a shop question: the Portuguese fallback answers it
-    assert texts and all(t.startswith("Desculpe") for t in texts), texts
+    # the clip's sentence ("Uma raposa velha não consegue aprender nenhum ofício") is no
+    # shop question; it is answered in Portuguese: by the fallback, or (since the example
+    # bot learnt yes/no at every question) as a yes or no when nothing was asked
+    pt = ("Desculpe", "Mais alguma coisa")
+    assert texts and all(t.startswith(pt) for t in texts), texts
     status, body, _ = await fetch_own_media(client, audio[0]["audio"]["link"])
     assert status == 200 and body.startswith(b"OggS")
 
