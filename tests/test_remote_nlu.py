@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,25 +63,27 @@ def local(
     return m
 
 
-class Harness:
+class Harness(ABC):
     """One provider's fake and component, behind the same few verbs."""
 
     name: str
     cls: type[RemoteIntentClassifier]
     fake: Any
 
+    @abstractmethod
     async def start(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        raise NotImplementedError
+        """The fake started and the component pointed at it."""
 
+    @abstractmethod
     def config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The component's options for this fake."""
 
     def script(self, text: str, answer: Answer) -> None:
         self.fake.answers[text] = answer
 
+    @abstractmethod
     def received(self) -> list[tuple[str, str, str | None]]:
         """(text, language, credential) of each request the fake got."""
-        raise NotImplementedError
 
     async def go_down(self) -> None:
         await self.fake.go_down()
@@ -88,8 +91,9 @@ class Harness:
     def slow_down(self) -> None:
         self.fake.delay_next(30)
 
+    @abstractmethod
     def wrong_credentials(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        raise NotImplementedError
+        """Make the component's credentials ones the fake refuses."""
 
 
 class DialogflowHarness(Harness):

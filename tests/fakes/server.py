@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +43,7 @@ class Outage:
         return False
 
 
-class FakeAPI:
+class FakeAPI(ABC):
     """What every fake provider API can be told, whatever protocol it speaks: hold its
     next answers (:meth:`delay_next`), refuse every request for a while
     (:meth:`outage`), stop listening and come back on the same port with its records
@@ -58,9 +59,9 @@ class FakeAPI:
         self.url = ""
         self.port = 0
 
+    @abstractmethod
     def app(self) -> web.Application:
         """The fake's routes."""
-        raise NotImplementedError
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """TLS for a fake served over HTTPS (None: plain HTTP)."""
