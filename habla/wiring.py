@@ -274,7 +274,10 @@ def build_engine(settings: Settings, model: Path, commerce: Commerce) -> Engine:
 def rasa_engine(settings: Settings, model: Path, commerce: Commerce) -> RasaEngine:
     """Rasa in this process (the server's, or an engine worker's)."""
     endpoint = action_endpoint(settings, {"commerce": commerce})
-    return RasaEngine(model, endpoint, settings.engine.parse_cache, settings.engine.flat_history)
+    engine = settings.engine
+    return RasaEngine(
+        model, endpoint, engine.parse_cache, engine.flat_history, fast_load=engine.fast_load
+    )
 
 
 def engine_workers(settings: Settings) -> int:

@@ -77,11 +77,13 @@ class RasaEngine(Engine):
         action_endpoint: Any,
         parse_cache: int = 0,
         flat_history: bool = True,
+        fast_load: bool = True,
     ) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
         self.parse_cache = parse_cache
         self.flat_history = flat_history
+        self.fast_load = fast_load
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -97,9 +99,11 @@ class RasaEngine(Engine):
             from rasa.core.agent import Agent
             from rasa.core.lock_store import InMemoryLockStore
 
-            from nlu import history, speedups
+            from nlu import fastload, history, speedups
 
             speedups.install()
+            if self.fast_load:
+                fastload.install()
             if self.flat_history:
                 history.install()
             with warnings.catch_warnings(record=True):

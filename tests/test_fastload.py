@@ -1,0 +1,153 @@
+"""nlu/fastload.py loads the example bot's DIET and TED with the very weights Rasa's own
+load gives them, and the same predictions: each model is loaded both ways in one
+process (Rasa's way is the slow one, about a minute), then the variables, every NLU
+training example's parse and TED's action probabilities on the example conversations
+are compared."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from nlu import fastload
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+CONVERSATIONS = [
+    ["hi", "how much is the mug", "I want to buy it", "no", "bye"],
+    ["where is my order", "AB12345", "thanks"],
+    ["hola", "¿cuánto cuesta la taza?", "quiero comprarla"],
+    ["I am furious, nothing works", "yes"],
+    ["do you ship to Portugal?", "what are your opening hours", "ok"],
+]
+
+
+def training_texts() -> list[str]:
+    texts: list[str] = []
+    for path in sorted((PROJECT / "data/nlu").glob("*.yml")):
+        for block in yaml.safe_load(path.read_text())["nlu"]:
+            if "intent" in block:
+                texts += [line[2:] for line in block["examples"].splitlines() if line[:2] == "- "]
+    return texts
+
+
+def variables(model: Any) -> list[tuple[str, np.ndarray]]:
+    return [(v.name, v.numpy()) for v in model.variables]
+
+
+def same(a: Any, b: Any, path: str = "") -> None:
+    """Numerically equal nested outputs (floats to 1e-5: the same graph, two runs)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same(x, y, f"{path}[{i}]")
+    elif isinstance(a, (np.ndarray, float, np.floating)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+    else:
+        assert a == b, path
+
+
+def parse_summary(result: dict[str, Any]) -> list[Any]:
+    ranking = [(i["name"], round(float(i["confidence"]), 4)) for i in result["intent_ranking"]]
+    entities = [  # a time's value is relative to now: its span is what the model found
+        (e["entity"], e["value"] if e["entity"] != "time" else "", e["start"], e["end"])
+        for e in result["entities"]
+    ]
+    return [ranking, entities]
+
+
+@pytest.mark.asyncio
+async def test_fast_load_restores_rasas_weights_and_predictions(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rasa.core.agent import Agent
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from rasa.core.policies.ted_policy import TEDPolicy
+    from rasa.nlu.classifiers.diet_classifier import DIETClassifier
+    from rasa.shared.core.trackers import DialogueStateTracker
+    from rasa.utils.tensorflow.models import RasaModel
+
+    pairs: dict[str, tuple[Any, Any]] = {}  # class name -> (fast, Rasa's)
+
+    def both(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        fast = fastload.fast_load(cls, *args, **kwargs)
+        pairs[cls.__name__] = (fast, fastload.rasa_load(cls, *args, **kwargs))
+        return fast
+
+    fastload.install()  # so that fastload.rasa_load is Rasa's own, not `both`
+    monkeypatch.setattr(RasaModel, "load", classmethod(both))
+    agent = await asyncio.to_thread(Agent.load, str(model_path))
+    assert set(pairs) == {"DIET", "TED"}
+    assert "the fast load failed" not in caplog.text  # not Rasa's load on both sides
+
+    for fast, slow in pairs.values():  # the same variables with the same values
+        fast_vars, slow_vars = variables(fast), variables(slow)
+        assert [name for name, _ in fast_vars] == [name for name, _ in slow_vars]
+        for (name, x), (_, y) in zip(fast_vars, slow_vars, strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=name)
+
+    nodes = agent.processor.graph_runner._instantiated_nodes.values()
+    components = [node._component for node in nodes]
+    diet = next(c for c in components if isinstance(c, DIETClassifier))
+    ted = next(c for c in components if isinstance(c, TEDPolicy))
+    assert diet.model is pairs["DIET"][0] and ted.model is pairs["TED"][0]
+
+    # every training example parsed by the whole pipeline with each DIET
+    texts = training_texts() + [c for conv in CONVERSATIONS for c in conv]
+    assert len(texts) > 300
+    fast_parses = [parse_summary(await agent.parse_message(t)) for t in texts]
+    trackers = []
+    for i, conversation in enumerate(CONVERSATIONS):
+        for text in conversation:
+            await agent.handle_message(UserMessage(text, CollectingOutputChannel(), f"c{i}"))
+        tracker = await agent.tracker_store.retrieve(f"c{i}")
+        events = list(tracker.events)
+        for end in range(2, len(events) + 1):  # every prefix of every conversation
+            prefix = events[:end]
+            trackers.append(DialogueStateTracker.from_events(f"c{i}", prefix, agent.domain.slots))
+    assert len(trackers) > 50
+
+    def ted_probabilities() -> list[list[float]]:
+        return [ted.predict_action_probabilities(t, agent.domain).probabilities for t in trackers]
+
+    fast_ted = ted_probabilities()
+    diet.model, ted.model = pairs["DIET"][1], pairs["TED"][1]
+    slow_parses = [parse_summary(await agent.parse_message(t)) for t in texts]
+    slow_ted = ted_probabilities()
+
+    assert fast_parses == slow_parses
+    same(fast_ted, slow_ted)
+    assert any(max(p) > 0.5 for p in fast_ted)  # TED really predicted something
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_cannot_be_built_fast_is_loaded_as_rasa_does(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the fast path's check fails (here: the checkpoint restores nothing), the
+    model still loads, Rasa's way, with a warning."""
+    from rasa.utils.tensorflow.models import RasaModel
+
+    loaded: list[str] = []
+
+    def rasa_load(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded.append(cls.__name__)
+        return object()
+
+    def broken(cls: Any, model_file_name: str, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Some Python objects were not bound to checkpointed values")
+
+    monkeypatch.setattr(fastload, "rasa_load", rasa_load)
+    monkeypatch.setattr(fastload, "build", broken)
+    model = fastload.fast_load(RasaModel, "weights", object(), None)
+    assert loaded == ["RasaModel"] and model is not None
+    assert "the fast load failed" in caplog.text
