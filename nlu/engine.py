@@ -102,8 +102,11 @@ class RasaEngine(Engine):
             from nlu import fastload, history, speedups
 
             speedups.install()
+            # process-wide (Rasa's class): the flag of the engine loading now decides
             if self.fast_load:
                 fastload.install()
+            else:
+                fastload.uninstall()
             if self.flat_history:
                 history.install()
             with warnings.catch_warnings(record=True):
