@@ -56,7 +56,7 @@ $(UV):
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check 'uv>=0.5,<1'
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 $(SECANTUS): | $(UV)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,7 +277,12 @@ def rasa_engine(settings: Settings, model: Path, commerce: Commerce) -> RasaEngi
     endpoint = action_endpoint(settings, {"commerce": commerce})
     engine = settings.engine
     return RasaEngine(
-        model, endpoint, engine.parse_cache, engine.flat_history, fast_load=engine.fast_load
+        model,
+        endpoint,
+        engine.parse_cache,
+        engine.flat_history,
+        fast_load=engine.fast_load,
+        graph_cache=settings.path(engine.graph_cache) if engine.graph_cache else None,
     )
 
 
@@ -396,12 +402,32 @@ class ErrorReplies:
 
 
 def domain_responses(bot_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """The bot's responses, read once at start-up (blocking: run it in a thread)."""
-    from rasa.shared.core.domain import Domain
+    """The bot's responses as Rasa's ``Domain.load`` reads them (the files of a domain
+    folder merged; of a response in two files, the first walked wins), read before the
+    server listens (blocking: run it in a thread).
+
+    Only the YAML is read, not a ``Domain`` built: building one imports the module of
+    every custom slot type (``nlu.sentiment.SentimentSlot`` imports Rasa's graph and so
+    TensorFlow), which kept webhooks waiting 10 s at every start; the engine's load
+    validates the whole domain moments later."""
+    from rasa.shared.core.domain import ALL_DOMAIN_KEYS, KEY_RESPONSES
+    from rasa.shared.data import is_likely_yaml_file
+    from rasa.shared.utils.io import read_yaml_file
 
     path = bot_dir / "domain"
-    domain = Domain.load(str(path if path.is_dir() else bot_dir / "domain.yml"))
-    return dict(domain.responses)
+    if not path.is_dir():
+        data = read_yaml_file(bot_dir / "domain.yml") or {}
+        return dict(data.get(KEY_RESPONSES) or {})
+    responses: dict[str, list[dict[str, Any]]] = {}
+    for root, _, files in os.walk(path, followlinks=True):  # Domain.from_directory's order
+        for name in files:
+            file = Path(root, name)
+            if not is_likely_yaml_file(file):
+                continue
+            data = read_yaml_file(file) or {}
+            if isinstance(data, dict) and any(key in data for key in ALL_DOMAIN_KEYS):
+                responses = {**(data.get(KEY_RESPONSES) or {}), **responses}
+    return responses
 
 
 def response_texts(responses: Mapping[str, list[dict[str, Any]]], name: str) -> dict[str, str]:

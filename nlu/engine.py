@@ -78,12 +78,14 @@ class RasaEngine(Engine):
         parse_cache: int = 0,
         flat_history: bool = True,
         fast_load: bool = True,
+        graph_cache: Path | None = None,
     ) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
         self.parse_cache = parse_cache
         self.flat_history = flat_history
         self.fast_load = fast_load
+        self.graph_cache = graph_cache
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -104,7 +106,7 @@ class RasaEngine(Engine):
             speedups.install()
             # process-wide (Rasa's class): the flag of the engine loading now decides
             if self.fast_load:
-                fastload.install()
+                fastload.install(cache=self.graph_cache)
             else:
                 fastload.uninstall()
             if self.flat_history:

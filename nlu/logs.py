@@ -46,6 +46,16 @@ def configure_logging(level: str, import_rasa: bool = True, fmt: str = "text") -
 def load_rasa() -> None:
     """Import Rasa's agent (TensorFlow, Keras, Sanic, matplotlib...), recording (not
     printing) what the imports warn and dropping the warning filters they install."""
+    skip_jax()
     with warnings.catch_warnings(record=True):
         import rasa.api
         import rasa.core.agent  # noqa: F401
+
+
+def skip_jax() -> None:
+    """TensorFlow 2.12 requires JAX, and its ``tf.lite`` module imports it (1.4 s of every
+    start) for a converter Rasa never uses, inside ``try: ... except ImportError``.
+    Before TensorFlow is imported, JAX is marked absent in this process so that import
+    fails at once (nothing else in TensorFlow, Keras or Rasa imports JAX)."""
+    if "tensorflow" not in sys.modules and "jax" not in sys.modules:
+        sys.modules["jax"] = None  # type: ignore[assignment]

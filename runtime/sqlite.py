@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+WAL_ATTEMPTS = 100
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new file to WAL (a setting the file keeps). Processes opening the same
+    new file at once (a server and its engine workers) race for the lock this takes,
+    and SQLite answers the loser "database is locked" at once, without waiting for its
+    busy timeout: it retries for up to 5 s. On the database thread: a short sleep."""
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05)
 
 
 class SQLite:
@@ -28,9 +47,9 @@ class SQLite:
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
+            _set_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._conn = conn
         return self._conn
 

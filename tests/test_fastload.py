@@ -151,3 +151,80 @@ async def test_a_model_that_cannot_be_built_fast_is_loaded_as_rasa_does(
     model = fastload.fast_load(RasaModel, "weights", object(), None)
     assert loaded == ["RasaModel"] and model is not None
     assert "the fast load failed" in caplog.text
+
+
+def components(agent: Any) -> tuple[Any, Any]:
+    """The agent's DIET classifier and TED policy."""
+    from rasa.core.policies.ted_policy import TEDPolicy
+    from rasa.nlu.classifiers.diet_classifier import DIETClassifier
+
+    found = [node._component for node in agent.processor.graph_runner._instantiated_nodes.values()]
+    diet = next(c for c in found if isinstance(c, DIETClassifier))
+    ted = next(c for c in found if isinstance(c, TEDPolicy))
+    return diet, ted
+
+
+@pytest.mark.asyncio
+async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
+    model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first load traces DIET's and TED's prediction graphs and saves them; the
+    second reads them from the cache instead of tracing, and both agents parse every
+    NLU training example and predict TED's probabilities on every prefix of the example
+    conversations alike. A cache that cannot be read is traced again and replaced."""
+    import logging
+
+    from rasa.core.agent import Agent
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    caplog.set_level(logging.INFO, logger="nlu.fastload")
+    cache = tmp_path / "graphs"
+    fastload.install(cache=cache)
+    try:
+        traced = await asyncio.to_thread(Agent.load, str(model_path))
+        assert caplog.text.count(", traced, cached in") == 2
+        graphs = sorted(cache.iterdir())
+        assert [p.name.split("-")[0] for p in graphs] == ["DIET", "TED"]
+        assert all((p / "saved_model.pb").is_file() for p in graphs)
+        caplog.clear()
+        cached = await asyncio.to_thread(Agent.load, str(model_path))
+        assert caplog.text.count(", cached in") == 2 and "traced" not in caplog.text
+        # not the traced function: the SavedModel's
+        for component in components(cached):
+            assert isinstance(component.model._tf_predict_step, fastload.CachedPredict)
+
+        texts = training_texts() + [c for conv in CONVERSATIONS for c in conv]
+        assert [parse_summary(await traced.parse_message(t)) for t in texts] == [
+            parse_summary(await cached.parse_message(t)) for t in texts
+        ]
+        trackers = []
+        for i, conversation in enumerate(CONVERSATIONS):
+            for text in conversation:
+                await traced.handle_message(UserMessage(text, CollectingOutputChannel(), f"c{i}"))
+            events = list((await traced.tracker_store.retrieve(f"c{i}")).events)
+            trackers += [
+                DialogueStateTracker.from_events(f"c{i}", events[:end], traced.domain.slots)
+                for end in range(2, len(events) + 1)
+            ]
+        (_, ted_traced), (_, ted_cached) = components(traced), components(cached)
+        probabilities = [
+            [ted.predict_action_probabilities(t, traced.domain).probabilities for t in trackers]
+            for ted in (ted_traced, ted_cached)
+        ]
+        same(probabilities[0], probabilities[1])
+        assert any(max(p) > 0.5 for p in probabilities[1])
+
+        # a damaged cache: a warning, the graph traced and cached again, the same parse
+        (graphs[0] / "saved_model.pb").write_bytes(b"not a graph")
+        caplog.clear()
+        again = await asyncio.to_thread(Agent.load, str(model_path))
+        assert "DIET: the cached prediction graph" in caplog.text
+        assert caplog.text.count(", traced, cached in") == 1  # DIET; TED still cached
+        assert (graphs[0] / "saved_model.pb").read_bytes() != b"not a graph"
+        text = "how much is the mug"
+        assert parse_summary(await again.parse_message(text)) == parse_summary(
+            await traced.parse_message(text)
+        )
+    finally:
+        fastload.install(cache=None)

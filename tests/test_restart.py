@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -194,3 +195,69 @@ async def test_webhooks_are_accepted_while_the_model_loads(
         assert await runtime.inbox.claim(all_pending=True) == []
     finally:
         await client.close()
+
+
+OPEN_THE_STORES = """
+import asyncio, json, sys
+
+from habla.server import Runtime
+from runtime.settings import load_settings
+
+
+async def main() -> None:
+    runtime = Runtime(load_settings(), None)
+    await runtime.open()  # all a webhook needs before the server listens
+    try:
+        greet = runtime.responses("utter_greet")
+        print(json.dumps({"tensorflow": "tensorflow" in sys.modules, "greet": greet}))
+    finally:
+        await runtime.close()
+
+
+asyncio.run(main())
+"""
+
+
+async def test_the_server_listens_before_tensorflow_is_imported(tmp_path: Path) -> None:
+    """What ``habla run`` does before it listens (:meth:`Runtime.open`) must not import
+    TensorFlow (10 s here): the example domain has a custom slot type whose module
+    imports Rasa's graph, so the domain's responses are read without building a Domain.
+    In a fresh interpreter: this one imported TensorFlow long ago."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OPEN_THE_STORES,
+        cwd=PROJECT,
+        env={**os.environ, **base_env(tmp_path / "data")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["tensorflow"] is False
+    # the responses were read all the same, per language
+    assert result["greet"]["es"].startswith("¡Hola") and result["greet"][""].startswith("Hi")
+
+
+def test_a_domain_folder_has_the_responses_rasa_reads(tmp_path: Path) -> None:
+    """A domain split into files (``domain/``), one response in two of them: the same
+    responses as Rasa's ``Domain.load`` of the folder."""
+    from rasa.shared.core.domain import Domain
+
+    from habla.wiring import domain_responses
+
+    folder = tmp_path / "domain"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.yml").write_text(
+        'version: "3.1"\nresponses:\n  utter_a: [{text: "a"}]\n  utter_twice: [{text: "1"}]\n'
+    )
+    (folder / "more" / "b.yml").write_text(
+        'version: "3.1"\nintents: [greet]\nresponses:\n  utter_b: [{text: "b"}]\n'
+        '  utter_twice: [{text: "2"}]\n'
+    )
+    (folder / "notes.yml").write_text("just: a file that is no domain\n")
+    (folder / "readme.txt").write_text("responses: not yaml\n")
+    expected = Domain.load(str(folder)).responses
+    assert domain_responses(tmp_path) == expected
+    assert set(expected) == {"utter_a", "utter_b", "utter_twice"}

@@ -329,3 +329,38 @@ async def test_a_turn_that_lost_its_lock_sends_nothing(
     assert await runtime_a.inbox.claim(all_pending=True) == []  # B settled it
     await redis.flushdb()
     await redis.close()
+
+
+def test_a_new_sqlite_file_switches_to_wal_although_another_process_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """Engine workers open the server's new SQLite file at the same moment; SQLite
+    answers the loser of the journal-mode switch "database is locked" without waiting
+    (seen once in 120 starts of four processes). The switch is retried; any other
+    error is not."""
+    import sqlite3
+
+    from runtime import sqlite as module
+
+    class Racing:
+        def __init__(self, failures: int, message: str = "database is locked") -> None:
+            self.failures, self.message, self.calls = failures, message, 0
+
+        def execute(self, sql: str) -> None:
+            assert sql == "PRAGMA journal_mode=WAL"
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise sqlite3.OperationalError(self.message)
+
+    lost_twice = Racing(2)
+    module._set_wal(cast(Any, lost_twice))
+    assert lost_twice.calls == 3
+    broken = Racing(1, "disk I/O error")
+    try:
+        module._set_wal(cast(Any, broken))
+    except sqlite3.OperationalError as e:
+        assert "disk I/O" in str(e) and broken.calls == 1
+    else:
+        raise AssertionError("not retried: raised")
+    db = SQLite(tmp_path / "new.sqlite3")  # and a real file ends up in WAL mode
+    assert db._connect().execute("PRAGMA journal_mode").fetchone() == ("wal",)
