@@ -79,6 +79,7 @@ class RasaEngine(Engine):
         flat_history: bool = True,
         fast_load: bool = True,
         graph_cache: Path | None = None,
+        tf_threads: int = 1,
     ) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
@@ -86,6 +87,7 @@ class RasaEngine(Engine):
         self.flat_history = flat_history
         self.fast_load = fast_load
         self.graph_cache = graph_cache
+        self.tf_threads = tf_threads
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -98,6 +100,7 @@ class RasaEngine(Engine):
             from nlu.logs import load_rasa
 
             load_rasa()  # (records what TensorFlow and Keras warn at import)
+            limit_tf_threads(self.tf_threads)
             from rasa.core.agent import Agent
             from rasa.core.lock_store import InMemoryLockStore
 
@@ -254,3 +257,21 @@ def _collector_class() -> Any:
 def collecting_output(channel: str) -> Any:
     """Rasa's collecting output channel, named after ``channel``."""
     return _collector_class()(channel)
+
+
+def limit_tf_threads(threads: int) -> None:
+    """TensorFlow's thread pools for this process (``HABLA_TF_THREADS``; 0: its default).
+    They are fixed once TensorFlow first runs: a process that trained or loaded a model
+    before keeps what it had."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        logger.info(
+            "TensorFlow already ran in this process: its thread pools stay at %d",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+        )

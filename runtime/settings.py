@@ -168,6 +168,14 @@ class EngineSettings:
         "(nlu/fastload.py: every variable restored and checked, the same predictions; "
         "about 12 s instead of 60 s for the example bot). false: Rasa's own load.",
     )
+    tf_threads: int = setting(
+        1,
+        "HABLA_TF_THREADS",
+        "TensorFlow threads (intra- and inter-op) of each engine process for its "
+        "predictions. 1: a turn's small matrices run on one core without thread "
+        "hand-offs (less CPU per turn; engine workers, one per core, are how habla uses "
+        "every core); 0: TensorFlow's default, one per core. Training is not affected.",
+    )
     graph_cache: str = setting(
         ".habla/graphs",
         "HABLA_GRAPH_CACHE",
@@ -1091,6 +1099,8 @@ def _validate(s: Settings) -> list[str]:
             )
     if not 0 <= s.engine.workers <= 64:
         problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
+    if not 0 <= s.engine.tf_threads <= 256:
+        problems.append("engine.tf_threads (HABLA_TF_THREADS): between 0 and 256")
     langs = s.languages
     if not langs or any(len(code) != 2 or not code.isalpha() for code in langs):
         problems.append("i18n.languages (HABLA_LANGUAGES): ISO 639-1 codes like en,es,pt")

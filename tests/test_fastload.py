@@ -192,7 +192,9 @@ async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
         assert caplog.text.count(", cached in") == 2 and "traced" not in caplog.text
         # not the traced function: the SavedModel's
         for component in components(cached):
-            assert isinstance(component.model._tf_predict_step, fastload.CachedPredict)
+            assert component.model._tf_predict_step.source == "cache"
+        for component in components(traced):
+            assert component.model._tf_predict_step.source == "traced"
 
         texts = training_texts() + [c for conv in CONVERSATIONS for c in conv]
         assert [parse_summary(await traced.parse_message(t)) for t in texts] == [
@@ -228,3 +230,31 @@ async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
         )
     finally:
         fastload.install(cache=None)
+
+
+def test_a_batch_the_signature_does_not_take_goes_through_the_tf_function() -> None:
+    """FlatPredict calls the graph's concrete function directly only with a batch that
+    fits its signature; anything else takes Rasa's path, the ``tf.function``, which
+    rejects it as it always did."""
+    import tensorflow as tf
+
+    def predict_step(batch: list[Any]) -> dict[str, Any]:
+        return {"sum": tf.reduce_sum(batch[0]) + tf.cast(tf.reduce_sum(batch[1]), tf.float32)}
+
+    signature = [[tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int64)]]
+    function = tf.function(predict_step, input_signature=signature)
+    flat = fastload.FlatPredict(None, function, "x")
+    batch = (np.ones((3, 2), np.float32), np.arange(3, dtype=np.int64))
+    assert flat.fits(batch) and float(flat(batch)["sum"].numpy()) == 9.0
+    for wrong in (
+        (np.ones((3, 3), np.float32), np.arange(3, dtype=np.int64)),  # a fixed size
+        (np.ones((3, 2, 1), np.float32), np.arange(3, dtype=np.int64)),  # a rank
+        (np.ones((3, 2), np.float32),),  # a missing input
+    ):
+        assert not flat.fits(wrong)
+        with pytest.raises((TypeError, ValueError)):
+            flat(wrong)
+    # a dtype the tf.function converts (float64 to float32): what it gives, it gives
+    converted = (np.ones((3, 2), np.float64), np.arange(3, dtype=np.int64))
+    assert not flat.fits(converted)
+    assert float(flat(converted)["sum"].numpy()) == float(function(list(converted))["sum"])
