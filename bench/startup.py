@@ -6,7 +6,9 @@ habla is started as ``habla run`` with the example bot and its Twilio client poi
 at a local fake Messages API; as soon as it is started a signed WhatsApp webhook is
 posted every 50 ms until one is accepted (200), and the time until the reply to that
 message reaches the fake is measured. With a trained model (``HABLA_MODEL``, as after a
-redeploy or a crash) ``--runs`` times, and once from the bot's files with an empty
+redeploy or a crash) ``--runs`` times, sharing an empty graph cache
+(``HABLA_GRAPH_CACHE``): the first start traces DIET's and TED's prediction graphs and
+caches them, the later ones read them; and once from the bot's files with an empty
 models folder (training first). In the same run a bare ``rasa run`` of the same model
 (+ ``rasa run actions``) is started and its REST webhook is polled the same way until
 it answers with a reply. Not a test: the numbers move with the machine's load.
@@ -160,11 +162,23 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = {"HABLA_ENGINE_WORKERS": str(args.workers)}
         for run in range(args.runs):
-            env = {**base, "HABLA_MODEL": str(model), "HABLA_DATA_DIR": f"{tmp}/data{run}"}
-            rows.append(await habla_once(env, f"habla run, trained model (start {run + 1})"))
+            env = {
+                **base,
+                "HABLA_MODEL": str(model),
+                "HABLA_DATA_DIR": f"{tmp}/data{run}",
+                "HABLA_GRAPH_CACHE": f"{tmp}/graphs",
+            }
+            graphs = "graphs traced and cached" if run == 0 else "graphs from the cache"
+            label = f"habla run, trained model, {graphs} (start {run + 1})"
+            rows.append(await habla_once(env, label))
             print(table(rows), flush=True)
         if not args.skip_untrained:
-            env = {**base, "HABLA_MODELS_DIR": f"{tmp}/models", "HABLA_DATA_DIR": f"{tmp}/d"}
+            env = {
+                **base,
+                "HABLA_MODELS_DIR": f"{tmp}/models",
+                "HABLA_DATA_DIR": f"{tmp}/d",
+                "HABLA_GRAPH_CACHE": f"{tmp}/graphs-untrained",
+            }
             rows.append(await habla_once(env, "habla run, no trained model (trains first)"))
         if not args.skip_rasa:
             rows.append(await rasa_once(model, Path(tmp)))

@@ -8,11 +8,13 @@ without touching channels or the turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import logging
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,10 @@ class RasaEngine(Engine):
             return
 
         def load() -> Any:
+            with frozen_after():
+                return load_agent()
+
+        def load_agent() -> Any:
             # off the event loop: importing TensorFlow and Rasa takes seconds too
             from nlu.logs import load_rasa
 
@@ -275,3 +281,26 @@ def limit_tf_threads(threads: int) -> None:
             "TensorFlow already ran in this process: its thread pools stay at %d",
             tf.config.threading.get_intra_op_parallelism_threads(),
         )
+
+
+@contextlib.contextmanager
+def frozen_after() -> Iterator[None]:
+    """Loading a model allocates millions of objects that live as long as the process
+    (TensorFlow, Rasa, the model). Python's cyclic collector traversed all of them
+    about ten times during a load (1 s of it, measured on the example bot) and would
+    again on every later full collection: a pause of about 200 ms that stalls every
+    conversation of the process. So the collector is paused during the load, one
+    collection then clears what the load left over, and what survives is frozen
+    (``gc.freeze``: never traversed again; still freed by reference counting). A
+    second load (``habla run --watch``) unfreezes first, so the replaced model's
+    reference cycles can be collected."""
+    gc.unfreeze()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
+        gc.freeze()
