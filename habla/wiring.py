@@ -284,6 +284,7 @@ def rasa_engine(settings: Settings, model: Path, commerce: Commerce) -> RasaEngi
         fast_load=engine.fast_load,
         graph_cache=settings.path(engine.graph_cache) if engine.graph_cache else None,
         tf_threads=engine.tf_threads,
+        prediction_cache=engine.prediction_cache,
     )
 
 

@@ -82,6 +82,7 @@ class RasaEngine(Engine):
         fast_load: bool = True,
         graph_cache: Path | None = None,
         tf_threads: int = 1,
+        prediction_cache: int = 4096,
     ) -> None:
         self.model_path = model_path
         self.action_endpoint = action_endpoint
@@ -90,6 +91,7 @@ class RasaEngine(Engine):
         self.fast_load = fast_load
         self.graph_cache = graph_cache
         self.tf_threads = tf_threads
+        self.prediction_cache = prediction_cache
         self.agent: Any = None
         self.tracker_store: Any = None
 
@@ -120,6 +122,9 @@ class RasaEngine(Engine):
                 fastload.uninstall()
             if self.flat_history:
                 history.install()
+            from nlu import prediction_cache
+
+            prediction_cache.install(self.prediction_cache)  # (0: Rasa's own, process-wide)
             with warnings.catch_warnings(record=True):
                 return Agent.load(
                     str(self.model_path),

@@ -154,6 +154,13 @@ class EngineSettings:
         "process; 0 disables. Keyed by the text, the turn's language and the sender's "
         "country (what the system entities read); results with a time are not kept.",
     )
+    prediction_cache: int = setting(
+        4096,
+        "HABLA_PREDICTION_CACHE",
+        "TED predictions kept for dialogue states already seen, per engine process "
+        "(nlu/prediction_cache.py: keyed by the very states TED featurizes, so the same "
+        "probabilities; about half the CPU of a turn when they repeat); 0 disables.",
+    )
     flat_history: bool = setting(
         True,
         "HABLA_FLAT_HISTORY",
@@ -1099,6 +1106,8 @@ def _validate(s: Settings) -> list[str]:
             )
     if not 0 <= s.engine.workers <= 64:
         problems.append("engine.workers (HABLA_ENGINE_WORKERS): between 0 and 64")
+    if s.engine.prediction_cache < 0:
+        problems.append("engine.prediction_cache (HABLA_PREDICTION_CACHE): 0 or more")
     if not 0 <= s.engine.tf_threads <= 256:
         problems.append("engine.tf_threads (HABLA_TF_THREADS): between 0 and 256")
     langs = s.languages

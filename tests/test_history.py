@@ -1,7 +1,8 @@
 """A long conversation behaves as Rasa's own computation says (nlu/history.py).
 
 The same script runs twice through the real engine: once with the incremental history
-work, once with Rasa 3.6's whole-history code (``history.uninstall()``); every event
+work and TED's prediction cache (nlu/prediction_cache.py), once with Rasa 3.6's own
+code (``history.uninstall()``, ``prediction_cache.uninstall()``); every event
 (actions with their policy and confidence, slots, loops, reverts, restarts) and every
 reply must be the same. The script covers a form with a rejected and an accepted
 value, a rule conditioned on the form being active, ``/back`` (reverts), ``/restart``
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 
-from nlu import history
+from nlu import history, prediction_cache
 from nlu.engine import RasaEngine
 from nlu.tracker_store import SQLiteTrackerStore
 from runtime.messages import InboundMessage
@@ -99,7 +100,7 @@ async def length(engine: RasaEngine, conversation: str) -> int:
 
 
 async def test_a_long_conversation_decides_exactly_as_rasa_does(engine: RasaEngine) -> None:
-    assert history.installed()
+    assert history.installed() and prediction_cache.installed()
     script = itertools.cycle(BLOCK)
     texts: list[str] = []
     flat_replies: list[list[str]] = []
@@ -109,10 +110,12 @@ async def test_a_long_conversation_decides_exactly_as_rasa_does(engine: RasaEngi
         if await length(engine, "history-flat") >= COMPARED_EVENTS:
             break
     history.uninstall()
+    prediction_cache.uninstall()  # Rasa's own TED predictions too
     try:
         rasa_replies = [await say(engine, "history-rasa", text) for text in texts]
     finally:
         history.install()
+        prediction_cache.install(engine.prediction_cache)
     assert rasa_replies == flat_replies
     flat = [essence(e) for e in (await tracker(engine, "history-flat")).events]
     rasa = [essence(e) for e in (await tracker(engine, "history-rasa")).events]
@@ -198,3 +201,33 @@ async def test_actions_see_every_event_serialized_as_rasa_does(engine: RasaEngin
     assert again.slots_to_validate() == {}
     remote = RemoteAction("action_product_price", None)  # an action server gets the list
     assert remote._action_call_format(long, engine.agent.domain)["tracker"]["events"] == expected
+
+
+async def test_ted_predictions_from_the_cache_are_the_ones_ted_computes(
+    engine: RasaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every TED prediction of the script, three times over (the states repeat, so most
+    come from the cache), equals the one Rasa's TED computes for the same tracker."""
+    assert prediction_cache.installed() and engine.prediction_cache > 0
+    original, cached = prediction_cache._original, prediction_cache.cached_prediction
+    computed: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    seen: list[tuple[Any, ...]] = []
+
+    def recording(self: Any, tracker: Any, domain: Any, *args: Any, **kwargs: Any) -> Any:
+        result = cached(self, tracker, domain, *args, **kwargs)
+        seen.append((self, tracker.copy(), domain, args, kwargs, list(result.probabilities)))
+        return result
+
+    monkeypatch.setattr(prediction_cache, "_original", counting)
+    monkeypatch.setattr(prediction_cache, "cached_prediction", recording)
+    for text in BLOCK * 3:
+        await say(engine, "ted-cache", text)
+    assert len(seen) > 60 and len(computed) < len(seen) / 2  # most came from the cache
+    for policy, tracker_copy, domain, args, kwargs, probabilities in seen:
+        expected = original(policy, tracker_copy, domain, *args, **kwargs).probabilities
+        assert probabilities == pytest.approx(expected, abs=1e-6)

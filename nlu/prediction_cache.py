@@ -1,0 +1,132 @@
+"""TED's prediction for dialogue states it has already seen (``HABLA_PREDICTION_CACHE``).
+
+TED decides the next action from the conversation's last ``max_history`` dialogue
+states (the intents, entity names, slot features, active form and previous actions
+Rasa's featurizer keeps; with the user's text as a second example right after a user
+message, when the model knows text features). Everything after those states is a
+function of them: featurizing, building the model data, converting it to tensors and
+running the graph, about half of the CPU of a turn of the example bot. Most turns of a
+busy bot walk the same few paths (a greeting, the opening hours, the order form), so
+the probabilities TED gave for a sequence of states are kept, per policy instance
+(a new model starts empty), and given again when the same states come back.
+
+The key is the states themselves, exactly as TED's featurizer computes them for
+prediction (both examples when there are two), so the answer is the one TED would
+compute; ``tests/test_history.py`` runs a 2,000-event conversation with this cache
+and with Rasa's own code and requires every policy, confidence and reply to be the
+same. Predictions that carry events (TED's end-to-end entities) are not kept. The
+least recently used entries leave first beyond the configured count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from rasa.core.policies.policy import SupportedData
+from rasa.core.policies.ted_policy import TEDPolicy
+from rasa.shared.core.constants import ACTION_LISTEN_NAME
+from rasa.shared.nlu.constants import TEXT
+
+_original: Any = None
+_size = 0
+CACHE_ATTR = "_habla_predictions"
+
+
+def install(size: int) -> None:
+    """Keep up to ``size`` predictions per TED policy (0: Rasa's own predictions).
+
+    Rasa's graph binds a component's method when it loads the model, so this must run
+    before the load; afterwards it only switches the cache on and off."""
+    global _original, _size
+    if _original is None:
+        _original = TEDPolicy.predict_action_probabilities
+    _size = max(size, 0)
+    TEDPolicy.predict_action_probabilities = predict_action_probabilities if _size else _original
+
+
+def uninstall() -> None:
+    install(0)
+
+
+def installed() -> bool:
+    return _size > 0
+
+
+def predict_action_probabilities(
+    self: TEDPolicy,
+    tracker: Any,
+    domain: Any,
+    rule_only_data: dict[str, Any] | None = None,
+    precomputations: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """``TEDPolicy.predict_action_probabilities`` through the cache while it is on."""
+    if _size <= 0 or self.model is None or self.only_e2e:
+        return _original(self, tracker, domain, rule_only_data, precomputations, **kwargs)
+    return cached_prediction(self, tracker, domain, rule_only_data, precomputations, **kwargs)
+
+
+def cached_prediction(
+    self: TEDPolicy,
+    tracker: Any,
+    domain: Any,
+    rule_only_data: dict[str, Any] | None,
+    precomputations: Any,
+    **kwargs: Any,
+) -> Any:
+    key = prediction_key(self, tracker, domain, rule_only_data)
+    cache: OrderedDict[Any, tuple[Any, ...]] = self.__dict__.setdefault(CACHE_ATTR, OrderedDict())
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        probabilities, end_to_end, diagnostic_data = hit
+        return self._prediction(
+            list(probabilities),
+            is_end_to_end_prediction=end_to_end,
+            diagnostic_data=diagnostic_data,
+        )
+    prediction = _original(self, tracker, domain, rule_only_data, precomputations, **kwargs)
+    if not prediction.optional_events and not prediction.events:
+        cache[key] = (
+            tuple(prediction.probabilities),
+            prediction.is_end_to_end_prediction,
+            prediction.diagnostic_data,
+        )
+        while len(cache) > _size:
+            cache.popitem(last=False)
+    return prediction
+
+
+def prediction_key(
+    policy: TEDPolicy, tracker: Any, domain: Any, rule_only_data: dict[str, Any] | None
+) -> tuple[Any, ...]:
+    """The states TED's ``_featurize_tracker`` featurizes, with the same arguments."""
+    ml_only = policy.supported_data() == SupportedData.ML_DATA
+
+    def states(use_text: bool) -> Any:
+        [found] = policy.featurizer.prediction_states(
+            [tracker],
+            domain,
+            use_text_for_last_user_input=use_text,
+            ignore_rule_only_turns=ml_only,
+            rule_only_data=rule_only_data,
+            ignore_action_unlikely_intent=ml_only,
+        )
+        return freeze(found)
+
+    with_text = (
+        tracker.latest_action_name == ACTION_LISTEN_NAME
+        and TEXT in policy.fake_features
+        and not policy.only_e2e
+    )
+    return (states(policy.only_e2e), states(True) if with_text else None)
+
+
+def freeze(value: Any) -> Any:
+    """A hashable copy of a state (dicts of dicts of names, tuples and floats)."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, freeze(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(item) for item in value)
+    return value
