@@ -21,11 +21,14 @@ least recently used entries leave first beyond the configured count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Dict, Optional  # noqa: UP035 (Rasa compares typing forms)
 
-from rasa.core.policies.policy import SupportedData
+from rasa.core.featurizers.precomputation import MessageContainerForCoreFeaturization
+from rasa.core.policies.policy import PolicyPrediction, SupportedData
 from rasa.core.policies.ted_policy import TEDPolicy
 from rasa.shared.core.constants import ACTION_LISTEN_NAME
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import TEXT
 
 _original: Any = None
@@ -54,14 +57,16 @@ def installed() -> bool:
 
 
 def predict_action_probabilities(
-    self: TEDPolicy,
-    tracker: Any,
-    domain: Any,
-    rule_only_data: dict[str, Any] | None = None,
-    precomputations: Any = None,
+    self,
+    tracker: DialogueStateTracker,
+    domain: Domain,
+    rule_only_data: Optional[Dict[str, Any]] = None,  # noqa: UP006
+    precomputations: Optional[MessageContainerForCoreFeaturization] = None,
     **kwargs: Any,
-) -> Any:
-    """``TEDPolicy.predict_action_probabilities`` through the cache while it is on."""
+) -> PolicyPrediction:
+    """``TEDPolicy.predict_action_probabilities`` through the cache while it is on.
+    Its parameters are annotated as Rasa's are: Rasa validates a model's graph against
+    them when it trains one (in this process, after this is installed)."""
     if _size <= 0 or self.model is None or self.only_e2e:
         return _original(self, tracker, domain, rule_only_data, precomputations, **kwargs)
     return cached_prediction(self, tracker, domain, rule_only_data, precomputations, **kwargs)
