@@ -27,9 +27,9 @@ The first load of a model saves the traced function as a TensorFlow SavedModel
 (with the variables it reads and the label embeddings it captured), keyed by the
 model class, its config, the checkpoint's bytes and the TensorFlow and Rasa versions;
 later loads of the same model read that graph in about 0.5 s instead of tracing it.
-A cached graph that cannot be read, or an input its signature does not take, is
-traced as Rasa does. ``tests/test_fastload.py`` compares the cached graph's parses
-and TED probabilities with the traced one's.
+A cached graph that cannot be read is traced again and replaces it.
+``tests/test_fastload.py`` compares the cached graph's parses and TED probabilities
+with the traced one's.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def prediction_graph(
             logger.warning(
                 "%s: the prediction graph was not cached in %s: %s", cls.__name__, folder, e
             )
-    model._tf_predict_step = FlatPredict(model, traced, "traced")
+    model._tf_predict_step = FlatPredict(traced, "traced")
     return said
 
 
@@ -198,10 +198,10 @@ class FlatPredict:
     goes through the ``tf.function``, Rasa's path, which rejects it as Rasa would.
     ``source``: "cache" (a SavedModel read from the cache) or "traced"."""
 
-    def __init__(self, model: Any, function: Any, source: str) -> None:
+    def __init__(self, function: Any, source: str) -> None:
         import tensorflow as tf
 
-        self.model, self.function, self.source = model, function, source
+        self.function, self.source = function, source
         self.concrete = (
             function.concrete_functions[0]  # a SavedModel's (one: it had a signature)
             if hasattr(function, "concrete_functions")
@@ -237,7 +237,7 @@ class FlatPredict:
 def use_cached_graph(model: Any, folder: Path) -> None:
     import tensorflow as tf
 
-    model._tf_predict_step = FlatPredict(model, tf.saved_model.load(str(folder)).predict, "cache")
+    model._tf_predict_step = FlatPredict(tf.saved_model.load(str(folder)).predict, "cache")
 
 
 def save_graph(model: Any, folder: Path) -> None:

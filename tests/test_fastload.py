@@ -65,14 +65,23 @@ def parse_summary(result: dict[str, Any]) -> list[Any]:
     return [ranking, entities]
 
 
+def components(agent: Any) -> tuple[Any, Any]:
+    """The agent's DIET classifier and TED policy."""
+    from rasa.core.policies.ted_policy import TEDPolicy
+    from rasa.nlu.classifiers.diet_classifier import DIETClassifier
+
+    found = [node._component for node in agent.processor.graph_runner._instantiated_nodes.values()]
+    diet = next(c for c in found if isinstance(c, DIETClassifier))
+    ted = next(c for c in found if isinstance(c, TEDPolicy))
+    return diet, ted
+
+
 @pytest.mark.asyncio
 async def test_fast_load_restores_rasas_weights_and_predictions(
     model_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from rasa.core.agent import Agent
     from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
-    from rasa.core.policies.ted_policy import TEDPolicy
-    from rasa.nlu.classifiers.diet_classifier import DIETClassifier
     from rasa.shared.core.trackers import DialogueStateTracker
     from rasa.utils.tensorflow.models import RasaModel
 
@@ -95,10 +104,7 @@ async def test_fast_load_restores_rasas_weights_and_predictions(
         for (name, x), (_, y) in zip(fast_vars, slow_vars, strict=True):
             np.testing.assert_array_equal(x, y, err_msg=name)
 
-    nodes = agent.processor.graph_runner._instantiated_nodes.values()
-    components = [node._component for node in nodes]
-    diet = next(c for c in components if isinstance(c, DIETClassifier))
-    ted = next(c for c in components if isinstance(c, TEDPolicy))
+    diet, ted = components(agent)
     assert diet.model is pairs["DIET"][0] and ted.model is pairs["TED"][0]
 
     # every training example parsed by the whole pipeline with each DIET
@@ -151,17 +157,6 @@ async def test_a_model_that_cannot_be_built_fast_is_loaded_as_rasa_does(
     model = fastload.fast_load(RasaModel, "weights", object(), None)
     assert loaded == ["RasaModel"] and model is not None
     assert "the fast load failed" in caplog.text
-
-
-def components(agent: Any) -> tuple[Any, Any]:
-    """The agent's DIET classifier and TED policy."""
-    from rasa.core.policies.ted_policy import TEDPolicy
-    from rasa.nlu.classifiers.diet_classifier import DIETClassifier
-
-    found = [node._component for node in agent.processor.graph_runner._instantiated_nodes.values()]
-    diet = next(c for c in found if isinstance(c, DIETClassifier))
-    ted = next(c for c in found if isinstance(c, TEDPolicy))
-    return diet, ted
 
 
 @pytest.mark.asyncio
@@ -243,7 +238,7 @@ def test_a_batch_the_signature_does_not_take_goes_through_the_tf_function() -> N
 
     signature = [[tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None], tf.int64)]]
     function = tf.function(predict_step, input_signature=signature)
-    flat = fastload.FlatPredict(None, function, "x")
+    flat = fastload.FlatPredict(function, "x")
     batch = (np.ones((3, 2), np.float32), np.arange(3, dtype=np.int64))
     assert flat.fits(batch) and float(flat(batch)["sum"].numpy()) == 9.0
     for wrong in (

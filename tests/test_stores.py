@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import redis.asyncio as aioredis
 
 from runtime.coordination import (
@@ -356,11 +357,8 @@ def test_a_new_sqlite_file_switches_to_wal_although_another_process_holds_the_lo
     module._set_wal(cast(Any, lost_twice))
     assert lost_twice.calls == 3
     broken = Racing(1, "disk I/O error")
-    try:
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
         module._set_wal(cast(Any, broken))
-    except sqlite3.OperationalError as e:
-        assert "disk I/O" in str(e) and broken.calls == 1
-    else:
-        raise AssertionError("not retried: raised")
+    assert broken.calls == 1  # raised at once, not retried
     db = SQLite(tmp_path / "new.sqlite3")  # and a real file ends up in WAL mode
     assert db._connect().execute("PRAGMA journal_mode").fetchone() == ("wal",)
