@@ -279,6 +279,14 @@ class Runtime:
         s, stores = self.settings, self.stores
         assert stores is not None, "open() first"
         began = time.monotonic()
+        self.stt, self.tts = wiring.build_stt(s), wiring.build_tts(s)
+        # speech models load in the background, beside the Rasa model (mostly native
+        # code: on another core, while Rasa's load holds the GIL); the server answers
+        # text as soon as Rasa is in, and a voice note that arrives first waits for its
+        # engine (engines start lazily)
+        self._warmups = [
+            asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
+        ]
         if self.engine is None:
             model = await asyncio.to_thread(wiring.model_path, s)
             self.engine = wiring.build_engine(s, model, self.commerce)
@@ -287,12 +295,6 @@ class Runtime:
         await self.engine.load()
         self.engine.bind_tracker_store(self._tracker_store)
         self.translator = await self._start_translator(stores)
-        self.stt, self.tts = wiring.build_stt(s), wiring.build_tts(s)
-        # speech models load in the background: the server answers text at once, and
-        # a voice note that arrives first waits for its engine (engines start lazily)
-        self._warmups = [
-            asyncio.create_task(self._warm_up(e)) for e in (self.stt, self.tts) if e is not None
-        ]
         self.switch = SwitchableEngine(self.engine)  # habla run --watch: reload()
         self._turn = await self._build_turn(self._domain_responses)
         # one server alone (embedded): everything unfinished is its own, from before a

@@ -15,6 +15,7 @@ import logging
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,23 @@ class RasaEngine(Engine):
         self.prediction_cache = prediction_cache
         self.agent: Any = None
         self.tracker_store: Any = None
+        self._warming: Future[None] | None = None
 
     async def load(self) -> None:
         if self.agent is not None:
             return
 
         def load() -> Any:
-            with frozen_after():
-                return load_agent()
+            warm_ups = ThreadPoolExecutor(1, thread_name_prefix="habla-warm-up")
+            try:
+                with frozen_after():
+                    agent = load_agent(warm_ups)
+                    self._warming = warm_up(agent.processor, warm_ups)
+                return agent
+            finally:
+                warm_ups.shutdown(wait=False)  # (what was submitted still runs)
 
-        def load_agent() -> Any:
+        def load_agent(warm_ups: ThreadPoolExecutor) -> Any:
             # off the event loop: importing TensorFlow and Rasa takes seconds too
             from nlu.logs import load_rasa
 
@@ -112,20 +120,22 @@ class RasaEngine(Engine):
             from rasa.core.agent import Agent
             from rasa.core.lock_store import InMemoryLockStore
 
-            from nlu import fastload, history, speedups
+            from nlu import fastload, history, speedups, unpack
 
             speedups.install()
-            # process-wide (Rasa's class): the flag of the engine loading now decides
+            # process-wide (Rasa's classes): the flag of the engine loading now decides
             if self.fast_load:
                 fastload.install(cache=self.graph_cache)
+                unpack.install(cache=self.graph_cache / "models" if self.graph_cache else None)
             else:
                 fastload.uninstall()
+                unpack.uninstall()
             if self.flat_history:
                 history.install()
             from nlu import prediction_cache
 
             prediction_cache.install(self.prediction_cache)  # (0: Rasa's own, process-wide)
-            with warnings.catch_warnings(record=True):
+            with warnings.catch_warnings(record=True), fastload.warm_ups_in(warm_ups):
                 return Agent.load(
                     str(self.model_path),
                     lock_store=InMemoryLockStore(),
@@ -160,6 +170,9 @@ class RasaEngine(Engine):
     async def handle(self, msg: InboundMessage) -> list[BotReply]:
         from rasa.core.channels.channel import UserMessage
 
+        if self._warming is not None:  # the first turns wait for the warm-ups (see load)
+            await asyncio.wrap_future(self._warming)
+            self._warming = None
         if msg.resumed and msg.message_id:
             replayed = await self._already_handled(msg)
             if replayed is not None:
@@ -215,6 +228,37 @@ class RasaEngine(Engine):
             for event in events:
                 tracker.update(event)
             await self.tracker_store.save(tracker)
+
+
+WARM_UP_TEXT = "Hello! Could I have 2 of them tomorrow at 10:30?"
+
+
+def warm_up(processor: Any, executor: ThreadPoolExecutor) -> Future[None]:
+    """Parse a made-up message (:data:`WARM_UP_TEXT`) on ``executor``, after the first
+    predictions of the models loaded from the graph cache (nlu/fastload.py): TensorFlow
+    prepares DIET's graph again for its first real input (0.2 s, in C++, without the
+    GIL) and the NLU components import what they import lazily (dateparser: 0.2 s).
+    They run beside the end of the load (the garbage collection, the server's wiring)
+    instead of in the first user's turn, which waits for the returned future. Nothing
+    is stored: no tracker, no parse cache. Not with a remote NLU provider (a request
+    to a paid API) and never fatal: a warm-up that fails is logged, the turn goes on."""
+    from nlu.remote.base import has_remote_nlu
+
+    parse = processor._parse_message_with_graph  # (bound now: before the parse cache)
+
+    def run() -> None:
+        from rasa.core.channels.channel import UserMessage
+        from rasa.shared.core.trackers import DialogueStateTracker
+
+        if has_remote_nlu(processor):
+            return
+        try:
+            tracker = DialogueStateTracker.from_events("habla-warm-up", [])
+            parse(UserMessage(WARM_UP_TEXT, sender_id="habla-warm-up"), tracker, True)
+        except Exception:
+            logger.warning("the warm-up parse failed (the first turn pays for it)", exc_info=True)
+
+    return executor.submit(run)
 
 
 def parse_in_thread(processor: Any) -> None:

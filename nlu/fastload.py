@@ -25,15 +25,17 @@ computed from random weights.
 ``HABLA_GRAPH_CACHE``): tracing ``predict_step`` took 4 s for DIET and 4 s for TED.
 The first load of a model saves the traced function as a TensorFlow SavedModel
 (with the variables it reads and the label embeddings it captured), keyed by the
-model class, its config, the checkpoint's bytes and the TensorFlow and Rasa versions;
-later loads of the same model read that graph in about 0.5 s instead of tracing it.
-A cached graph that cannot be read is traced again and replaces it.
-``tests/test_fastload.py`` compares the cached graph's parses and TED probabilities
-with the traced one's.
+model class, its config, the checkpoint's bytes and the TensorFlow and Rasa versions.
+A later load of the same model reads that graph and **builds no Keras variables at
+all** (:func:`from_cached_graph`): predicting only runs the graph, which reads its own
+copy of the weights. A cached graph that cannot be read is traced again and replaces
+it. ``tests/test_fastload.py`` compares the cached graph's parses and TED
+probabilities with the traced one's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +43,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _original: Any = None
 _cache: Path | None = None
+_warm_ups: Executor | None = None
 
 KEEP_GRAPHS = 4
 """Cached graphs kept per model class (the most recently used): older models' go."""
@@ -77,6 +82,18 @@ def uninstall() -> None:
     _original = None
 
 
+@contextlib.contextmanager
+def warm_ups_in(executor: Executor) -> Iterator[None]:
+    """Models loaded from the cache in this block run their first prediction on
+    ``executor`` instead of in the load (see :func:`first_prediction`)."""
+    global _warm_ups
+    _warm_ups = executor
+    try:
+        yield
+    finally:
+        _warm_ups = None
+
+
 def rasa_load(cls: Any, *args: Any, **kwargs: Any) -> Any:
     """Rasa's own ``RasaModel.load`` (whether or not this module is installed)."""
     from rasa.utils.tensorflow.models import RasaModel
@@ -100,6 +117,26 @@ def fast_load(
             cls, model_file_name, model_data_example, predict_data_example, True, *args, **kwargs
         )
     started = time.perf_counter()
+    folder = cached_graph_folder(cls, model_file_name, kwargs)
+    if folder is not None and folder.is_dir():
+        try:
+            model = from_cached_graph(cls, folder, predict_data_example, *args, **kwargs)
+        except Exception:
+            logger.warning(
+                "%s: the cached prediction graph in %s could not be used; tracing it",
+                cls.__name__,
+                folder,
+                exc_info=True,
+            )
+            shutil.rmtree(folder, ignore_errors=True)  # replaced by the graph traced below
+        else:
+            logger.info(
+                "%s loaded in %.1f s (prediction graph and its variables cached in %s)",
+                cls.__name__,
+                time.perf_counter() - started,
+                folder,
+            )
+            return model
     try:
         model = build(cls, model_file_name, model_data_example, *args, **kwargs)
     except Exception:
@@ -112,7 +149,7 @@ def fast_load(
     built = time.perf_counter()
     graph = "not needed"
     if predict_data_example:
-        graph = prediction_graph(model, cls, model_file_name, predict_data_example, kwargs)
+        graph = prediction_graph(model, predict_data_example, folder)
     logger.info(
         "%s loaded in %.1f s (variables and weights %.1f s, prediction graph %.1f s, %s)",
         cls.__name__,
@@ -124,30 +161,71 @@ def fast_load(
     return model
 
 
-def prediction_graph(
-    model: Any, cls: Any, model_file_name: str, predict_data_example: Any, kwargs: dict
-) -> str:
-    """Give ``model`` its prediction graph, from the cache or traced as Rasa's load does
-    (then saved to the cache); says which."""
-    folder = None
-    if _cache is not None and not model._run_eagerly:
-        try:
-            folder = _cache / f"{cls.__name__}-{graph_key(cls, model_file_name, kwargs)}"
-            if folder.is_dir():
-                use_cached_graph(model, folder)
-                model.run_inference(predict_data_example)  # runs it once, as a trace would
-                os.utime(folder)  # recently used: kept when older models' graphs go
-                return f"cached in {folder}"
-        except Exception:
-            logger.warning(
-                "%s: the cached prediction graph in %s could not be used; tracing it",
-                cls.__name__,
-                folder,
-                exc_info=True,
-            )
-            model._tf_predict_step = None
-            if folder is not None:  # replaced by the graph traced below
+def cached_graph_folder(cls: Any, model_file_name: str, kwargs: dict) -> Path | None:
+    """Where this model's prediction graph is (or will be) cached; None without a
+    cache, for a model that predicts eagerly (no graph), or if the checkpoint cannot
+    be read (then the load below says why)."""
+    from rasa.utils.tensorflow.constants import RUN_EAGERLY
+
+    if _cache is None or kwargs.get("config", {}).get(RUN_EAGERLY):
+        return None
+    try:
+        return _cache / f"{cls.__name__}-{graph_key(cls, model_file_name, kwargs)}"
+    except OSError:
+        return None
+
+
+def from_cached_graph(
+    cls: Any, folder: Path, predict_data_example: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """The model with its prediction graph from the cache, **without building its Keras
+    variables**: predictions only run that graph, which reads the variables saved
+    beside it (the trained weights: the cache key holds the checkpoint's bytes, and
+    the graph was saved from a model whose every variable was checked against that
+    checkpoint) and the label embeddings it captured. Building the variables (one eager
+    pass of the loss) and restoring the weights took 0.8 s of a start and a second
+    copy of the weights in memory. ``prepared_for_prediction``: Rasa's
+    ``prepare_for_predict`` computes the label embeddings from the variables, which
+    are not there; the graph has them."""
+    model = compiled(cls, *args, **kwargs)
+    use_cached_graph(model, folder)
+    model.prepared_for_prediction = True
+    if predict_data_example:
+        first_prediction(model, folder, predict_data_example)
+    os.utime(folder)  # recently used: kept when older models' graphs go
+    return model
+
+
+def first_prediction(model: Any, folder: Path, predict_data_example: Any) -> None:
+    """Run the cached graph once, as Rasa's load does: TensorFlow prepares a graph on
+    its first call (0.2-0.3 s here, in C++, without the GIL). During an engine's load
+    (:func:`warm_ups_in`) that runs on the engine's warm-up thread while the load goes
+    on; a graph that fails there is removed from the cache (traced at the next start).
+    Otherwise it runs now, and a failure makes :func:`fast_load` trace the graph."""
+    executor = _warm_ups
+    if executor is not None:
+
+        def run() -> None:
+            try:
+                model.run_inference(predict_data_example)
+            except Exception:
+                logger.exception(
+                    "%s: the cached prediction graph in %s failed its first prediction; "
+                    "removed from the cache",
+                    type(model).__name__,
+                    folder,
+                )
                 shutil.rmtree(folder, ignore_errors=True)
+
+        with contextlib.suppress(RuntimeError):  # (an executor already shut down: now)
+            executor.submit(run)
+            return
+    model.run_inference(predict_data_example)
+
+
+def prediction_graph(model: Any, predict_data_example: Any, folder: Path | None) -> str:
+    """Trace ``model``'s prediction graph as Rasa's load does and save it in ``folder``
+    (the cache; None: not cached); says which."""
     model.run_inference(predict_data_example)  # traces the prediction graph
     traced = model._tf_predict_step
     if traced is None:  # run eagerly: no graph
@@ -159,7 +237,10 @@ def prediction_graph(
             said = f"traced, cached in {folder}"
         except Exception as e:  # a read-only folder, a full disk: only the next start pays
             logger.warning(
-                "%s: the prediction graph was not cached in %s: %s", cls.__name__, folder, e
+                "%s: the prediction graph was not cached in %s: %s",
+                type(model).__name__,
+                folder,
+                e,
             )
     model._tf_predict_step = FlatPredict(traced, "traced")
     return said
@@ -272,18 +353,9 @@ def build(
 ) -> Any:
     """The model with its variables created by one eager loss pass and its weights
     restored, every variable checked; nothing traced yet."""
-    import tensorflow as tf
-    from rasa.utils.tensorflow.constants import LEARNING_RATE, RUN_EAGERLY
     from rasa.utils.tensorflow.data_generator import RasaBatchDataGenerator
 
-    config = kwargs.get("config", {})
-    model = cls(*args, **kwargs)
-    # compiled as Rasa compiles it (run_eagerly decides how predictions run later);
-    # the optimizer's variables are never created, as nothing is trained
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(config.get(LEARNING_RATE, 0.001)),
-        run_eagerly=config.get(RUN_EAGERLY),
-    )
+    model = compiled(cls, *args, **kwargs)
     batch_in = RasaBatchDataGenerator(model_data_example, batch_size=1)[0][0]
     model._training = True  # the training branch builds the loss layers' variables too
     try:
@@ -293,4 +365,20 @@ def build(
     status = model.load_weights(model_file_name)
     status.assert_existing_objects_matched()  # every variable of the model restored
     status.expect_partial()  # the optimizer's slots in the checkpoint are not used
+    return model
+
+
+def compiled(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    """The model object, compiled as Rasa compiles it (``run_eagerly`` decides how
+    predictions run); no variable exists yet, and the optimizer's never will, as
+    nothing is trained."""
+    import tensorflow as tf
+    from rasa.utils.tensorflow.constants import LEARNING_RATE, RUN_EAGERLY
+
+    config = kwargs.get("config", {})
+    model = cls(*args, **kwargs)
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(config.get(LEARNING_RATE, 0.001)),
+        run_eagerly=config.get(RUN_EAGERLY),
+    )
     return model

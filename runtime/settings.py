@@ -173,7 +173,9 @@ class EngineSettings:
         "HABLA_FAST_LOAD",
         "Load the model's TensorFlow parts (DIET, TED) without Rasa's one-step training "
         "(nlu/fastload.py: every variable restored and checked, the same predictions; "
-        "about 12 s instead of 60 s for the example bot). false: Rasa's own load.",
+        "about 12 s instead of 60 s for the example bot), the archive unpacked once "
+        "and the domain Rasa persisted in it read without validating its schema again "
+        "(nlu/unpack.py). false: Rasa's own load.",
     )
     tf_threads: int = setting(
         1,
@@ -186,11 +188,13 @@ class EngineSettings:
     graph_cache: str = setting(
         ".habla/graphs",
         "HABLA_GRAPH_CACHE",
-        "With HABLA_FAST_LOAD: where the traced prediction graphs of DIET and TED are "
-        "kept (TensorFlow SavedModels keyed by the model's weights and config, the 4 "
-        "most recent per model class; relative to the bot folder), so a restart with "
-        "the same model reads them instead of tracing them again (8 s of the example "
-        "bot's load). Empty: trace at every load.",
+        "With HABLA_FAST_LOAD: the start-up cache (relative to the bot folder). It "
+        "keeps the traced prediction graphs of DIET and TED (TensorFlow SavedModels "
+        "with their variables, keyed by the model's weights and config, the 4 most "
+        "recent per model class), so a restart with the same model reads them instead "
+        "of building the Keras model and tracing it (9 s of the example bot's load), "
+        "and in models/ the model archives unpacked (keyed by the archive's content, "
+        "the 2 most recent). Safe to delete. Empty: trace and unpack at every load.",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ from jsonschema import ValidationError
 from rasa.core.actions.action import RemoteAction
 
 from habla.wiring import worker_engine
-from nlu.engine import RasaEngine
+from nlu.engine import WARM_UP_TEXT, RasaEngine, warm_up
 from nlu.parse_cache import install_parse_cache
 from nlu.pool import WorkerPoolEngine
 from runtime import metrics
@@ -45,6 +47,56 @@ def test_parse_cache_parses_a_text_once_and_hands_out_copies() -> None:
     assert calls == ["hi", "a", "b", "hi"]
     p._parse_message_with_graph(_Msg("hi"), None, False)  # full output is never cached
     assert calls[-1] == "hi" and len(calls) == 5
+
+
+def test_the_warm_up_parses_one_made_up_message_and_never_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warm-up (run after a load, on the warm-up thread) parses WARM_UP_TEXT once
+    with an empty tracker, through the method bound before any parse cache; a parse
+    that raises is logged and the future still succeeds (the turn goes on)."""
+    parsed: list[tuple[str, int]] = []
+
+    class Processor:
+        fail = False
+
+        def _parse_message_with_graph(self, message: Any, tracker: Any, only: bool = True) -> Any:
+            parsed.append((message.text, len(tracker.events)))
+            if self.fail:
+                raise RuntimeError("the model is broken")
+            return {}
+
+    processor = Processor()
+    with ThreadPoolExecutor(1) as warm_ups:
+        assert warm_up(processor, warm_ups).result() is None
+        install_parse_cache(processor, size=8)  # (bound before: the cache never sees it)
+        processor.fail = True
+        assert warm_up(processor, warm_ups).result() is None
+    assert parsed == [(WARM_UP_TEXT, 0), (WARM_UP_TEXT, 0)]
+    assert "the warm-up parse failed" in caplog.text
+
+
+async def test_the_first_turn_waits_for_the_warm_up(engine: RasaEngine) -> None:
+    """A turn that arrives while the warm-up runs starts once it has ended."""
+    warming: Future[None] = Future()
+    seen: list[bool] = []
+    processor = engine.agent.processor
+    original = processor.handle_message
+
+    async def handle_message(message: Any) -> None:  # (the dialogue is not the point)
+        seen.append(warming.done())
+
+    engine._warming = warming
+    processor.handle_message = handle_message
+    try:
+        turn = asyncio.create_task(engine.handle(InboundMessage("rest", "warm-1", text="hi")))
+        await asyncio.sleep(0)  # (one step of the turn: it now waits on the warm-up)
+        assert not turn.done() and seen == []
+        warming.set_result(None)
+        assert await turn == [] and seen == [True] and engine._warming is None
+    finally:
+        processor.handle_message = original
+        engine._warming = None
 
 
 async def test_action_responses_are_still_validated(engine: RasaEngine) -> None:

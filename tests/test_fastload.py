@@ -7,6 +7,7 @@ are compared."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,15 @@ def same(a: Any, b: Any, path: str = "") -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
     else:
         assert a == b, path
+
+
+def informative(probabilities: list[list[float]]) -> bool:
+    """TED really predicted something (the comparisons are not of empty or uniform
+    outputs): some prediction is well above uniform and they differ between states.
+    How sure TED is depends on its training (30 epochs on 8 stories here, not seeded:
+    one model's best was 0.35), so not more than that."""
+    above_uniform = any(max(p) > 5 / len(p) for p in probabilities)
+    return above_uniform and len({tuple(np.round(p, 4)) for p in probabilities}) > 1
 
 
 def parse_summary(result: dict[str, Any]) -> list[Any]:
@@ -132,7 +142,7 @@ async def test_fast_load_restores_rasas_weights_and_predictions(
 
     assert fast_parses == slow_parses
     same(fast_ted, slow_ted)
-    assert any(max(p) > 0.5 for p in fast_ted)  # TED really predicted something
+    assert informative(fast_ted)
 
 
 @pytest.mark.asyncio
@@ -183,11 +193,16 @@ async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
         assert [p.name.split("-")[0] for p in graphs] == ["DIET", "TED"]
         assert all((p / "saved_model.pb").is_file() for p in graphs)
         caplog.clear()
-        cached = await asyncio.to_thread(Agent.load, str(model_path))
-        assert caplog.text.count(", cached in") == 2 and "traced" not in caplog.text
-        # not the traced function: the SavedModel's
+        with Recording(1) as warm_ups, fastload.warm_ups_in(warm_ups):
+            cached = await asyncio.to_thread(Agent.load, str(model_path))
+        # (leaving the block waited for the first predictions, run on the warm-up thread)
+        assert warm_ups.submitted == 2
+        assert caplog.text.count("variables cached in") == 2 and "traced" not in caplog.text
+        # not the traced function: the SavedModel's, and no Keras layer built (only
+        # the metrics' counters, which Rasa's model creates with it)
         for component in components(cached):
             assert component.model._tf_predict_step.source == "cache"
+            assert not component.model.trainable_variables
         for component in components(traced):
             assert component.model._tf_predict_step.source == "traced"
 
@@ -210,7 +225,7 @@ async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
             for ted in (ted_traced, ted_cached)
         ]
         same(probabilities[0], probabilities[1])
-        assert any(max(p) > 0.5 for p in probabilities[1])
+        assert informative(probabilities[1])
 
         # a damaged cache: a warning, the graph traced and cached again, the same parse
         (graphs[0] / "saved_model.pb").write_bytes(b"not a graph")
@@ -225,6 +240,39 @@ async def test_the_cached_prediction_graph_predicts_as_the_traced_one(
         )
     finally:
         fastload.install(cache=None)
+
+
+class Recording(ThreadPoolExecutor):
+    """A thread pool that counts what it was given."""
+
+    submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_cached_graph_failing_its_first_prediction_is_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the warm-up thread, a cached graph that fails its first prediction is logged
+    and removed from the cache (the next start traces it); without one, the failure
+    reaches fast_load, which traces the graph at once."""
+
+    class Broken:
+        def run_inference(self, example: Any) -> None:
+            raise ValueError("no kernel for this op")
+
+    folder = tmp_path / "DIET-0123"
+    folder.mkdir()
+    with Recording(1) as warm_ups, fastload.warm_ups_in(warm_ups):
+        fastload.first_prediction(Broken(), folder, object())
+    assert warm_ups.submitted == 1
+    assert not folder.exists() and "failed its first prediction" in caplog.text
+    folder.mkdir()
+    with pytest.raises(ValueError, match="no kernel"):
+        fastload.first_prediction(Broken(), folder, object())
+    assert folder.exists()  # fast_load removes it when it traces the graph again
 
 
 def test_a_batch_the_signature_does_not_take_goes_through_the_tf_function() -> None:
