@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import types
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from jsonschema import ValidationError
 from rasa.core.actions.action import RemoteAction
 
 from habla.wiring import worker_engine
-from nlu.engine import WARM_UP_TEXT, RasaEngine, warm_up
+from nlu.engine import WARM_UP_TEXT, RasaEngine, frozen_after, warm_up
 from nlu.parse_cache import install_parse_cache
 from nlu.pool import WorkerPoolEngine
 from runtime import metrics
@@ -97,6 +100,36 @@ async def test_the_first_turn_waits_for_the_warm_up(engine: RasaEngine) -> None:
     finally:
         processor.handle_message = original
         engine._warming = None
+
+
+class _Node:
+    other: _Node
+
+
+def _garbage_cycle() -> weakref.ref[_Node]:
+    """Two objects that only reference each other (only the cyclic collector frees
+    them); a weak reference says whether they still exist."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_a_first_load_freezes_its_imports_and_a_reload_collects_the_old_cycles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process's first load freezes what exists once its imports are done (their
+    garbage stays, the final collection is short); what the model load leaves is
+    collected. A later load unfreezes first: the earlier garbage goes then."""
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with frozen_after() as imported:
+        from_imports = _garbage_cycle()
+        imported()
+        from_the_model = _garbage_cycle()
+    assert from_imports() is not None and from_the_model() is None
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    with frozen_after() as imported:
+        imported()  # (not the first load: nothing frozen here)
+    assert from_imports() is None
 
 
 async def test_action_responses_are_still_validated(engine: RasaEngine) -> None:
