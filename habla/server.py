@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -307,6 +308,11 @@ class Runtime:
             logger.warning("unfinished messages not resumed yet (%s): claimed later", e)
         self._leases = asyncio.create_task(self._keep_leases())
         await self.commerce.outbox.start()  # its retries may push events into turns
+        # what the start made lives as long as the process: never traversed again by
+        # the cyclic collector (with engine workers, this process's full collections
+        # took about 100 ms each under load, stalling every turn it relays); without
+        # a collection first, the start's few garbage cycles stay
+        gc.freeze()
         self.ready.set()
         logger.info("engine loaded in %.1f s: ready", time.monotonic() - began)
 
