@@ -144,7 +144,9 @@ class RasaEngine(Engine):
                 )
 
         self.agent = await asyncio.to_thread(load)
-        from nlu import nlg  # (imports Rasa: after the load above)
+        from nlu import nlg, prediction_cache  # (import Rasa: after the load above)
+
+        prediction_cache.serve(self.agent)
 
         nlg.install(self.agent)  # button payloads carrying JSON are not slot templates
         from nlu.remote.base import has_remote_nlu

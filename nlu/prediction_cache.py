@@ -1,4 +1,5 @@
-"""TED's prediction for dialogue states it has already seen (``HABLA_PREDICTION_CACHE``).
+"""Predictions for dialogue states already seen (``HABLA_PREDICTION_CACHE``): TED's,
+and the rules that apply.
 
 TED decides the next action from the conversation's last ``max_history`` dialogue
 states (the intents, entity names, slot features, active form and previous actions
@@ -16,15 +17,27 @@ compute; ``tests/test_history.py`` runs a 2,000-event conversation with this cac
 and with Rasa's own code and requires every policy, confidence and reply to be the
 same. Predictions that carry events (TED's end-to-end entities) are not kept. The
 least recently used entries leave first beyond the configured count.
+
+The RulePolicy looks for the rules that apply by testing every rule it learnt against
+the states, twice per prediction (with the user's text, then with the intent): a
+quarter of an engine worker's CPU on the example bot, growing with the number of
+rules. What ``_find_action_from_rules`` finds is a function of those states (its own
+``_prediction_states``), whether a loop is active and which, and the rule tables the
+policy loaded, so it is kept per policy of the served model (:func:`serve`; a policy
+in training, whose tables are still being built, never caches) under the states, the
+loop and the flag. It is computed as Rasa does while ``rasa.core.policies.rule_policy``
+logs at DEBUG, so its debug lines stay complete.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any, Dict, Optional  # noqa: UP035 (Rasa compares typing forms)
 
 from rasa.core.featurizers.precomputation import MessageContainerForCoreFeaturization
 from rasa.core.policies.policy import PolicyPrediction, SupportedData
+from rasa.core.policies.rule_policy import RulePolicy
 from rasa.core.policies.ted_policy import TEDPolicy
 from rasa.shared.core.constants import ACTION_LISTEN_NAME
 from rasa.shared.core.domain import Domain
@@ -32,8 +45,11 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import TEXT
 
 _original: Any = None
+_original_rules: Any = None
 _size = 0
 CACHE_ATTR = "_habla_predictions"
+RULES_ATTR = "_habla_rules"
+_rules_logger = logging.getLogger(RulePolicy.__module__)
 
 
 def install(size: int) -> None:
@@ -41,11 +57,13 @@ def install(size: int) -> None:
 
     Rasa's graph binds a component's method when it loads the model, so this must run
     before the load; afterwards it only switches the cache on and off."""
-    global _original, _size
+    global _original, _original_rules, _size
     if _original is None:
         _original = TEDPolicy.predict_action_probabilities
+        _original_rules = RulePolicy._find_action_from_rules
     _size = max(size, 0)
     TEDPolicy.predict_action_probabilities = predict_action_probabilities if _size else _original
+    RulePolicy._find_action_from_rules = find_action_from_rules if _size else _original_rules
 
 
 def uninstall() -> None:
@@ -101,6 +119,45 @@ def cached_prediction(
         while len(cache) > _size:
             cache.popitem(last=False)
     return prediction
+
+
+def serve(agent: Any) -> int:
+    """Let the RulePolicies of ``agent``'s model keep what they find (see the module's
+    docstring); how many there are."""
+    served = 0
+    for node in agent.processor.graph_runner._instantiated_nodes.values():
+        component = getattr(node, "_component", None)
+        if isinstance(component, RulePolicy):
+            component.__dict__.setdefault(RULES_ATTR, OrderedDict())
+            served += 1
+    return served
+
+
+def find_action_from_rules(
+    self: RulePolicy, tracker: Any, domain: Any, use_text_for_last_user_input: bool
+) -> tuple[str | None, str | None, bool]:
+    """``RulePolicy._find_action_from_rules``, kept per served policy (:func:`serve`)."""
+    cache: OrderedDict[Any, Any] | None = self.__dict__.get(RULES_ATTR)
+    if cache is None or _size <= 0 or _rules_logger.isEnabledFor(logging.DEBUG):
+        return _original_rules(self, tracker, domain, use_text_for_last_user_input)
+    if use_text_for_last_user_input and tracker.latest_action_name != ACTION_LISTEN_NAME:
+        return None, None, False  # (as Rasa's first check)
+    states = self._prediction_states(
+        tracker,
+        domain,
+        use_text_for_last_user_input,
+        rule_only_data=self._get_rule_only_data(),
+    )
+    key = (use_text_for_last_user_input, tracker.active_loop_name, freeze(states))
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+        return found
+    found = _original_rules(self, tracker, domain, use_text_for_last_user_input)
+    cache[key] = found
+    while len(cache) > _size:
+        cache.popitem(last=False)
+    return found
 
 
 def prediction_key(

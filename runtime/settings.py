@@ -157,9 +157,11 @@ class EngineSettings:
     prediction_cache: int = setting(
         4096,
         "HABLA_PREDICTION_CACHE",
-        "TED predictions kept for dialogue states already seen, per engine process "
-        "(nlu/prediction_cache.py: keyed by the very states TED featurizes, so the same "
-        "probabilities; about half the CPU of a turn when they repeat); 0 disables.",
+        "Predictions kept for dialogue states already seen, per policy of the served model "
+        "(nlu/prediction_cache.py): TED's, keyed by the very states TED featurizes (about "
+        "half the CPU of a turn when they repeat), and the rules the RulePolicy finds, "
+        "keyed by its states and the active loop (a quarter of what was left); the same "
+        "decisions as without them. 0 disables both.",
     )
     flat_history: bool = setting(
         True,

@@ -1,8 +1,10 @@
 """A long conversation behaves as Rasa's own computation says (nlu/history.py).
 
 The same script runs twice through the real engine: once with the incremental history
-work and TED's prediction cache (nlu/prediction_cache.py), once with Rasa 3.6's own
-code (``history.uninstall()``, ``prediction_cache.uninstall()``); every event
+work, the prediction caches (nlu/prediction_cache.py: TED's and the rules') and the
+graph run without dask (nlu/speedups.py), once with Rasa 3.6's own code
+(``history.uninstall()``, ``prediction_cache.uninstall()``, ``speedups.uninstall()``);
+every event
 (actions with their policy and confidence, slots, loops, reverts, restarts) and every
 reply must be the same. The script covers a form with a rejected and an accepted
 value, a rule conditioned on the form being active, ``/back`` (reverts), ``/restart``
@@ -12,15 +14,17 @@ a form, a loop rule and a restart still work there.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rasa.core.policies.rule_policy import RulePolicy
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 
-from nlu import history, prediction_cache
+from nlu import history, prediction_cache, speedups
 from nlu.engine import RasaEngine
 from nlu.tracker_store import SQLiteTrackerStore
 from runtime.messages import InboundMessage
@@ -100,7 +104,7 @@ async def length(engine: RasaEngine, conversation: str) -> int:
 
 
 async def test_a_long_conversation_decides_exactly_as_rasa_does(engine: RasaEngine) -> None:
-    assert history.installed() and prediction_cache.installed()
+    assert history.installed() and prediction_cache.installed() and speedups.installed()
     script = itertools.cycle(BLOCK)
     texts: list[str] = []
     flat_replies: list[list[str]] = []
@@ -110,12 +114,14 @@ async def test_a_long_conversation_decides_exactly_as_rasa_does(engine: RasaEngi
         if await length(engine, "history-flat") >= COMPARED_EVENTS:
             break
     history.uninstall()
-    prediction_cache.uninstall()  # Rasa's own TED predictions too
+    prediction_cache.uninstall()  # Rasa's own TED predictions and rule lookups too
+    speedups.uninstall()  # and its dask graph runner
     try:
         rasa_replies = [await say(engine, "history-rasa", text) for text in texts]
     finally:
         history.install()
         prediction_cache.install(engine.prediction_cache)
+        speedups.install()
     assert rasa_replies == flat_replies
     flat = [essence(e) for e in (await tracker(engine, "history-flat")).events]
     rasa = [essence(e) for e in (await tracker(engine, "history-rasa")).events]
@@ -231,3 +237,44 @@ async def test_ted_predictions_from_the_cache_are_the_ones_ted_computes(
     for policy, tracker_copy, domain, args, kwargs, probabilities in seen:
         expected = original(policy, tracker_copy, domain, *args, **kwargs).probabilities
         assert probabilities == pytest.approx(expected, abs=1e-6)
+
+
+async def test_rules_found_from_the_cache_are_the_ones_rasa_finds(
+    engine: RasaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every rule lookup of the script, three times over (the states repeat, so most
+    come from the cache), equals what Rasa's RulePolicy finds for the same tracker, with
+    and without the user's text; a policy the engine does not serve (one in training)
+    never caches."""
+    assert prediction_cache.installed() and engine.prediction_cache > 0
+    original, cached = prediction_cache._original_rules, prediction_cache.find_action_from_rules
+    computed: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    seen: list[tuple[Any, ...]] = []
+
+    def recording(self: Any, tracker: Any, domain: Any, use_text_for_last_user_input: bool) -> Any:
+        result = cached(self, tracker, domain, use_text_for_last_user_input)
+        # what Rasa finds for this tracker, now (later events change its latest message)
+        expected = original(self, tracker, domain, use_text_for_last_user_input)
+        seen.append((self, tracker.copy(), domain, use_text_for_last_user_input, result, expected))
+        return result
+
+    monkeypatch.setattr(prediction_cache, "_original_rules", counting)
+    monkeypatch.setattr(RulePolicy, "_find_action_from_rules", recording)
+    for text in BLOCK * 3:
+        await say(engine, "rules-cache", text)
+    assert len(seen) > 100 and len(computed) < len(seen) / 3  # most came from the cache
+    assert {found[0] for *_, found, _ in seen} >= {"utter_greet", "order_status_form"}
+    assert all(found == expected for *_, found, expected in seen)
+
+    policy = seen[0][0]
+    unserved = copy.copy(policy)
+    unserved.__dict__.pop(prediction_cache.RULES_ATTR)
+    computed.clear()
+    for _ in range(2):
+        cached(unserved, seen[0][1], seen[0][2], seen[0][3])
+    assert len(computed) == 2

@@ -13,6 +13,7 @@ import email.utils
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -54,6 +55,8 @@ class FakeTwilioAPI:
         self.url = ""
         self.media: dict[str, tuple[bytes, str]] = {}  # media sid → (bytes, content type)
         self.media_fetches: list[str] = []
+        # called with each message as it is accepted (benchmarks route replies by it)
+        self.listeners: list[Callable[[SentMessage], None]] = []
 
     def add_media(self, data: bytes, content_type: str) -> str:
         """Store a user's media as Twilio does; the MediaUrl a webhook would carry."""
@@ -150,6 +153,8 @@ class FakeTwilioAPI:
         )
         async with self._changed:
             self.sent.append(msg)
+            for listener in self.listeners:
+                listener(msg)
             self._changed.notify_all()
         resource: dict[str, Any] = {
             "sid": sid,
