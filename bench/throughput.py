@@ -352,7 +352,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--turns", type=int, default=24, help="measured messages per sender")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured messages per sender")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=len(SCRIPT),
+        help="unmeasured messages per sender (default: the script once)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="HABLA_ENGINE_WORKERS")
     parser.add_argument("--skip-rasa", action="store_true")
     parser.add_argument("--skip-ceiling", action="store_true")

@@ -387,7 +387,7 @@ def _clone(tracker: DialogueStateTracker) -> DialogueStateTracker:
     clone = copy.copy(tracker)
     clone.__dict__.pop(MEMO_ATTR, None)
     clone.slots = type(tracker.slots)()
-    clone.slots.update({name: copy.copy(slot) for name, slot in tracker.slots.items()})
+    clone.slots.update({name: shallow_copy(slot) for name, slot in tracker.slots.items()})
     clone.active_loop = copy.copy(tracker.active_loop)
     clone.latest_action = (
         dict(tracker.latest_action) if tracker.latest_action else tracker.latest_action
@@ -399,6 +399,39 @@ def _clone(tracker: DialogueStateTracker) -> DialogueStateTracker:
 # ---------------------------------------------------------------- copy
 
 
+def shallow_copy(obj: Any) -> Any:
+    """``copy.copy(obj)``, without its ``__reduce_ex__`` round trip for an object of a
+    plain class (a ``__dict__``, no ``__slots__``, no copy or pickle hooks of its own):
+    a new instance with the same attributes, which is what ``copy.copy`` makes of it.
+    Rasa's slots are such objects, and a tracker's copy copies every one of them."""
+    cls: Any = type(obj)
+    if cls not in _PLAIN:
+        _PLAIN[cls] = (
+            not hasattr(cls, "__copy__")
+            and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__
+            and getattr(cls, "__getstate__", None) is getattr(object, "__getstate__", None)
+            and not hasattr(cls, "__setstate__")
+            and not any(_slot_names(k) for k in cls.__mro__)
+            and hasattr(obj, "__dict__")
+        )
+    if not _PLAIN[cls]:
+        return copy.copy(obj)
+    duplicate = cls.__new__(cls)
+    duplicate.__dict__.update(obj.__dict__)
+    return duplicate
+
+
+_PLAIN: dict[type, bool] = {}
+
+
+def _slot_names(cls: type) -> set[str]:
+    """The ``__slots__`` a class declares, beyond ``__dict__`` and ``__weakref__``
+    (``abc.ABC``, a base of Rasa's slots, declares none)."""
+    names = vars(cls).get("__slots__", ())
+    return ({names} if isinstance(names, str) else set(names)) - {"__dict__", "__weakref__"}
+
+
 def copy_tracker(self: DialogueStateTracker) -> DialogueStateTracker:
     """``DialogueStateTracker.copy``: the same events and state, without replaying.
 
@@ -408,7 +441,7 @@ def copy_tracker(self: DialogueStateTracker) -> DialogueStateTracker:
     duplicate = self.init_copy()
     duplicate.events.extend(self.events)
     duplicate.slots = type(self.slots)()
-    duplicate.slots.update({name: copy.copy(slot) for name, slot in self.slots.items()})
+    duplicate.slots.update({name: shallow_copy(slot) for name, slot in self.slots.items()})
     duplicate._paused = self._paused
     duplicate.followup_action = self.followup_action
     duplicate.latest_action = dict(self.latest_action) if self.latest_action is not None else None

@@ -13,14 +13,49 @@ engine worker's CPU on the example bot, to call the same few nodes one after the
 in one thread. :func:`run_graph` calls them in the order it worked out once for those
 targets and inputs, with the arguments dask would pass: each node's ``(name, output)``
 from the nodes and inputs it needs, the bare name for one nothing provides.
+
+Rasa's processor, forms, MemoizationPolicy and RulePolicy deep-copy what they hand to
+their structured DEBUG logs (parse data, events, every prediction's states) on every
+call, also when DEBUG is off and the log drops them unread: a twentieth of a turn. In
+those four modules ``copy`` serves only that, so there it is :data:`LOG_COPY`, which
+deep-copies only while Rasa's structured logger processes DEBUG events.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 from typing import Any
 
 _originals: dict[str, Any] = {}
 _patched: dict[str, Any] = {}
+LOGGING_MODULES = (
+    "rasa.core.processor",
+    "rasa.core.actions.forms",
+    "rasa.core.policies.memoization",
+    "rasa.core.policies.rule_policy",
+)
+"""Rasa modules whose ``copy`` module only deep-copies arguments of ``structlogger.debug``."""
+
+
+class _LogCopy:
+    """The ``copy`` module, but ``deepcopy`` copies only while Rasa's structlog
+    configuration processes DEBUG events (``rasa.utils.log_utils.configure_structlog``
+    makes ``debug`` a no-op below its level)."""
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        import structlog
+
+        wrapper = structlog.get_config().get("wrapper_class")
+        if getattr(getattr(wrapper, "debug", None), "__name__", "") == "_nop":
+            return value
+        return copy.deepcopy(value, memo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+
+LOG_COPY = _LogCopy()
 
 
 def install() -> None:
@@ -35,6 +70,8 @@ def install() -> None:
         _patched["run"] = run_graph
     RemoteAction._validate_action_result = _patched["validate"]
     DaskGraphRunner.run = _patched["run"]
+    for name in LOGGING_MODULES:
+        importlib.import_module(name).copy = LOG_COPY  # type: ignore[attr-defined]
 
 
 def uninstall() -> None:
@@ -46,6 +83,8 @@ def uninstall() -> None:
 
     RemoteAction._validate_action_result = _originals["validate"]
     DaskGraphRunner.run = _originals["run"]
+    for name in LOGGING_MODULES:
+        importlib.import_module(name).copy = copy  # type: ignore[attr-defined]
 
 
 def installed() -> bool:
