@@ -14,6 +14,10 @@ in one thread. :func:`run_graph` calls them in the order it worked out once for 
 targets and inputs, with the arguments dask would pass: each node's ``(name, output)``
 from the nodes and inputs it needs, the bare name for one nothing provides.
 
+Before every message the processor asks ``Domain.is_empty``, which serializes the
+whole domain and a new empty one to compare them; a domain's emptiness is known once
+(the model's domain is not edited while served), so it is kept on the domain.
+
 Rasa's processor, forms, MemoizationPolicy and RulePolicy deep-copy what they hand to
 their structured DEBUG logs (parse data, events, every prediction's states) on every
 call, also when DEBUG is off and the log drops them unread: a twentieth of a turn. In
@@ -62,14 +66,18 @@ def install() -> None:
     """Switch both on (process-wide: Rasa's classes)."""
     from rasa.core.actions.action import RemoteAction
     from rasa.engine.runner.dask import DaskGraphRunner
+    from rasa.shared.core.domain import Domain
 
     if not _originals:
         _originals["validate"] = RemoteAction._validate_action_result
         _originals["run"] = DaskGraphRunner.run
+        _originals["is_empty"] = Domain.is_empty
         _patched["validate"] = _compiled_validation()
         _patched["run"] = run_graph
+        _patched["is_empty"] = domain_is_empty
     RemoteAction._validate_action_result = _patched["validate"]
     DaskGraphRunner.run = _patched["run"]
+    Domain.is_empty = _patched["is_empty"]
     for name in LOGGING_MODULES:
         importlib.import_module(name).copy = LOG_COPY  # type: ignore[attr-defined]
 
@@ -80,9 +88,11 @@ def uninstall() -> None:
         return
     from rasa.core.actions.action import RemoteAction
     from rasa.engine.runner.dask import DaskGraphRunner
+    from rasa.shared.core.domain import Domain
 
     RemoteAction._validate_action_result = _originals["validate"]
     DaskGraphRunner.run = _originals["run"]
+    Domain.is_empty = _originals["is_empty"]
     for name in LOGGING_MODULES:
         importlib.import_module(name).copy = copy  # type: ignore[attr-defined]
 
@@ -118,6 +128,17 @@ def _compiled_validation() -> Any:
             raise e
 
     return validate_action_result
+
+
+EMPTY_ATTR = "_habla_is_empty"
+
+
+def domain_is_empty(self: Any) -> bool:
+    """``Domain.is_empty``, computed once per domain."""
+    known = self.__dict__.get(EMPTY_ATTR)
+    if known is None:
+        known = self.__dict__[EMPTY_ATTR] = bool(_originals["is_empty"](self))
+    return bool(known)
 
 
 PLANS_ATTR = "_habla_plans"

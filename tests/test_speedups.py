@@ -1,8 +1,11 @@
-"""Rasa's graph run without dask (nlu/speedups.py ``run_graph``) against ``dask.get``.
+"""nlu/speedups.py against what it replaces in Rasa 3.6.
 
-The runner only reads the schema (what each node needs) and calls the instantiated
-nodes, so stand-in nodes that record their calls show what each runner does: which
-nodes run, how often, with which arguments, what comes back and which errors."""
+Rasa's graph run without dask (``run_graph``) against ``dask.get``: the runner only
+reads the schema (what each node needs) and calls the instantiated nodes, so stand-in
+nodes that record their calls show what each runner does: which nodes run, how often,
+with which arguments, what comes back and which errors. The debug-only deep copies and
+the domain's emptiness kept once, against Rasa's own. (tests/test_history.py runs a
+2,000-event conversation with all of them and with Rasa's own code.)"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from rasa.engine.exceptions import GraphRunError
 from rasa.engine.graph import GraphSchema, SchemaNode
 from rasa.engine.runner.dask import DaskGraphRunner
+from rasa.shared.core.domain import Domain
 
 from nlu import speedups
 
@@ -114,3 +118,41 @@ def test_the_order_is_worked_out_once_per_targets_and_inputs() -> None:
     speedups.run_graph(graph, {"__message__": "hi"}, ["intent"])
     assert len(graph.__dict__[speedups.PLANS_ATTR]) == 2
     assert len(calls) == 3 * 5 + 3
+
+
+def test_a_domain_s_emptiness_is_computed_once_and_as_rasa_computes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = speedups._originals["is_empty"]
+    calls: list[Domain] = []
+
+    def counting(self: Domain) -> bool:
+        calls.append(self)
+        return bool(original(self))
+
+    monkeypatch.setitem(speedups._originals, "is_empty", counting)
+    empty = Domain.empty()
+    shop = Domain.load("domain.yml")
+    assert [empty.is_empty() for _ in range(3)] == [True] * 3
+    assert [shop.is_empty() for _ in range(3)] == [False] * 3
+    asked = [id(d) for d in calls]  # (loading a domain asks too)
+    assert asked.count(id(empty)) == 1 and asked.count(id(shop)) == 1
+
+
+def test_debug_copies_are_made_only_while_rasa_logs_debug() -> None:
+    import logging
+
+    import rasa.core.processor as processor
+    from rasa.utils.log_utils import configure_structlog
+
+    value = {"states": [{"user": {"intent": "greet"}}]}
+    assert processor.copy is speedups.LOG_COPY
+    try:
+        configure_structlog(logging.WARNING)
+        assert processor.copy.deepcopy(value) is value
+        configure_structlog(logging.DEBUG)
+        copied = processor.copy.deepcopy(value)
+        assert copied == value and copied is not value
+        assert copied["states"][0] is not value["states"][0]
+    finally:
+        configure_structlog(logging.WARNING)
