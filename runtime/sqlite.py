@@ -89,7 +89,13 @@ class SQLite:
             start = not self._draining
             self._draining = True
         if start:
-            self._executor.submit(self._drain)
+            try:
+                self._executor.submit(self._drain)
+            except BaseException:  # (closed: its executor takes no more work)
+                with self._lock:
+                    self._queue.remove(call)
+                    self._draining = bool(self._queue)
+                raise
         result: T = await call.future
         return result
 

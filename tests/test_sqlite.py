@@ -88,3 +88,12 @@ async def test_a_caller_that_gives_up_leaves_the_others_answered(db: SQLite) -> 
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert await db.fetchone("SELECT v FROM t WHERE k = 'kept'") == (2,)
+
+
+async def test_a_call_after_close_fails_at_once(tmp_path: Path) -> None:
+    db = SQLite(tmp_path / "closed.sqlite3")
+    await db.script("CREATE TABLE t (k TEXT)")
+    await db.close()
+    for _ in range(2):  # (and again: nothing is left waiting for a thread that is gone)
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(db.fetchall("SELECT * FROM t"), 5)
