@@ -63,38 +63,37 @@ LOG_COPY = _LogCopy()
 
 
 def install() -> None:
-    """Switch both on (process-wide: Rasa's classes)."""
-    from rasa.core.actions.action import RemoteAction
-    from rasa.engine.runner.dask import DaskGraphRunner
-    from rasa.shared.core.domain import Domain
-
+    """Switch them on (process-wide: Rasa's classes and modules)."""
     if not _originals:
-        _originals["validate"] = RemoteAction._validate_action_result
-        _originals["run"] = DaskGraphRunner.run
-        _originals["is_empty"] = Domain.is_empty
-        _patched["validate"] = _compiled_validation()
-        _patched["run"] = run_graph
-        _patched["is_empty"] = domain_is_empty
-    RemoteAction._validate_action_result = _patched["validate"]
-    DaskGraphRunner.run = _patched["run"]
-    Domain.is_empty = _patched["is_empty"]
-    for name in LOGGING_MODULES:
-        importlib.import_module(name).copy = LOG_COPY  # type: ignore[attr-defined]
+        for key, (owner, attr) in _targets().items():
+            _originals[key] = getattr(owner, attr)
+        _patched.update(validate=_compiled_validation(), run=run_graph, is_empty=domain_is_empty)
+    _switch(_patched, LOG_COPY)
 
 
 def uninstall() -> None:
     """Rasa's own code again (the tests compare the two)."""
-    if not _originals:
-        return
+    if _originals:
+        _switch(_originals, copy)
+
+
+def _targets() -> dict[str, tuple[Any, str]]:
     from rasa.core.actions.action import RemoteAction
     from rasa.engine.runner.dask import DaskGraphRunner
     from rasa.shared.core.domain import Domain
 
-    RemoteAction._validate_action_result = _originals["validate"]
-    DaskGraphRunner.run = _originals["run"]
-    Domain.is_empty = _originals["is_empty"]
+    return {
+        "validate": (RemoteAction, "_validate_action_result"),
+        "run": (DaskGraphRunner, "run"),
+        "is_empty": (Domain, "is_empty"),
+    }
+
+
+def _switch(functions: dict[str, Any], copy_module: Any) -> None:
+    for key, (owner, attr) in _targets().items():
+        setattr(owner, attr, functions[key])
     for name in LOGGING_MODULES:
-        importlib.import_module(name).copy = copy  # type: ignore[attr-defined]
+        importlib.import_module(name).copy = copy_module  # type: ignore[attr-defined]
 
 
 def installed() -> bool:

@@ -209,6 +209,16 @@ async def test_actions_see_every_event_serialized_as_rasa_does(engine: RasaEngin
     assert remote._action_call_format(long, engine.agent.domain)["tracker"]["events"] == expected
 
 
+def counted(function: Any, calls: list[int]) -> Any:
+    """``function``, noting each call in ``calls``."""
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counting
+
+
 async def test_ted_predictions_from_the_cache_are_the_ones_ted_computes(
     engine: RasaEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,11 +227,7 @@ async def test_ted_predictions_from_the_cache_are_the_ones_ted_computes(
     assert prediction_cache.installed() and engine.prediction_cache > 0
     original, cached = prediction_cache._original, prediction_cache.cached_prediction
     computed: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return original(*args, **kwargs)
-
+    counting = counted(original, computed)
     seen: list[tuple[Any, ...]] = []
 
     def recording(self: Any, tracker: Any, domain: Any, *args: Any, **kwargs: Any) -> Any:
@@ -249,11 +255,7 @@ async def test_rules_found_from_the_cache_are_the_ones_rasa_finds(
     assert prediction_cache.installed() and engine.prediction_cache > 0
     original, cached = prediction_cache._original_rules, prediction_cache.find_action_from_rules
     computed: list[int] = []
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        computed.append(1)
-        return original(*args, **kwargs)
-
+    counting = counted(original, computed)
     seen: list[tuple[Any, ...]] = []
 
     def recording(self: Any, tracker: Any, domain: Any, use_text_for_last_user_input: bool) -> Any:
