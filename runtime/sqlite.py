@@ -234,7 +234,7 @@ class SQLite:
             conn.close()
             self._conn = None
 
-        if self._conn is not None:
+        if self._conn is not None or self._draining:  # (calls still queued may connect)
             await self._call(ALONE, close)
         self._executor.shutdown(wait=True)
 
